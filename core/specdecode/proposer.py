@@ -1,0 +1,172 @@
+"""The proposer contract: what a speculation method implements.
+
+Letters used throughout: B = batch size, T = tokens so far (prompt + generated), K = speculation depth,
+k = draft length of one step (k <= K), V = vocabulary size, H = the target's hidden size.
+p = the target's distribution, q = the draft distribution a proposal was sampled from.
+
+One generation, seen from a proposer::
+
+    proposer = factory(target_model, config, options)   # once per generate() call
+    proposer.start(context)                              # after the prompt's prefill
+    loop:
+        proposal = proposer.propose(request)             # up to K draft tokens per sequence
+        ... the target scores [last token + drafts] in one forward pass, tokens are accepted ...
+        proposer.on_verified(result)                     # how many were accepted, what comes next
+    proposer.finish()
+
+Every tensor has a batch dimension, even at batch size 1, so batched generation needs no plugin rewrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+
+@attrs.frozen(kw_only=True)
+class SamplingParams:
+    """How the target picks tokens. A proposer that samples must warp its logits the same way (see
+    :func:`specdecode.sampling.warp_probs`) and report the exact distribution it sampled from."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample
+
+
+@attrs.frozen(kw_only=True)
+class StartContext:
+    """Handed to :meth:`Proposer.start` once the prompt has been prefilled."""
+
+    input_ids: torch.Tensor  # [B, T] prompt plus the first generated token
+    attention_mask: torch.Tensor  # [B, T] 1 for real tokens, 0 for left padding
+    num_speculative_tokens: int  # K
+    sampling: SamplingParams
+    generator: torch.Generator | None
+    # [B, T-1, H] the target's last-layer hidden states over the prompt; only for proposers that set
+    # ``needs_hidden_states``. Position t is the state after reading input_ids[:, t].
+    hidden_states: torch.Tensor | None = None
+    tokenizer: Any = None  # the target's tokenizer when the caller gave one (cross-tokenizer drafting needs it)
+
+
+@attrs.frozen(kw_only=True)
+class ProposeRequest:
+    """Handed to :meth:`Proposer.propose` at every step."""
+
+    input_ids: torch.Tensor  # [B, T] every token so far; the last one is not yet in the target's cache
+    attention_mask: torch.Tensor  # [B, T]
+    num_tokens: int  # K for this step (may vary per step under an adaptive schedule); propose at most this many
+    active: torch.Tensor  # [B] bool, False for sequences that have finished (their proposals are ignored)
+    sampling: SamplingParams
+    generator: torch.Generator | None
+
+
+@attrs.frozen(kw_only=True)
+class Proposal:
+    """Draft tokens for one step.
+
+    ``token_ids`` is ``[B, k]``; sequence b uses only its first ``lengths[b]`` entries (the rest is padding and is
+    never read). ``lengths=None`` means every sequence uses all k. ``draft_probs`` is the ``[B, k, V]``
+    distribution each token was sampled from, or None for a deterministic proposer (q is then one-hot).
+    A proposal with k == 0 means a plain decode step.
+    """
+
+    token_ids: torch.Tensor  # [B, k] long
+    draft_probs: torch.Tensor | None = None  # [B, k, V]
+    lengths: torch.Tensor | None = None  # [B] long, 0 <= lengths[b] <= k
+
+    @classmethod
+    def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> Proposal:
+        return cls(token_ids=torch.empty(batch_size, 0, dtype=torch.long, device=device))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.shape[1])
+
+
+@attrs.frozen(kw_only=True)
+class VerifyResult:
+    """Handed to :meth:`Proposer.on_verified` after the target has checked a proposal.
+
+    Sequence b kept ``num_accepted[b]`` of its draft tokens and then ``next_tokens[b]`` (the corrected token, or the
+    bonus token when all drafts were accepted). ``input_ids`` already includes them, so the proposer can roll its
+    own state back to ``input_ids.shape[1]`` (minus padding) tokens.
+    """
+
+    input_ids: torch.Tensor  # [B, T'] every token so far, after this step
+    attention_mask: torch.Tensor  # [B, T']
+    num_drafted: torch.Tensor  # [B] long, draft tokens this sequence proposed this step
+    num_accepted: torch.Tensor  # [B] long, 0 <= num_accepted[b] <= num_drafted[b]
+    next_tokens: torch.Tensor  # [B] long, the token after the accepted drafts
+    num_accepted_list: list[int]  # num_accepted on the host (the loop needs it there anyway; saves a sync)
+    # [B, k+1, H] the target's last-layer hidden states over [last token + drafts] of this step, only for
+    # proposers that set ``needs_hidden_states``. For sequence b, positions 0..num_accepted[b] are valid.
+    hidden_states: torch.Tensor | None = None
+
+
+class Proposer:
+    """Base class of every proposer. Subclass it and override :meth:`propose`; the rest is optional.
+
+    Capability flags are class attributes:
+
+    * ``needs_hidden_states``: the loop passes the target's last-layer hidden states of the verify pass (and of the
+      prompt) without running a second forward pass.
+    * ``supports_batch``: the proposer handles B > 1 (plain per-sequence proposers get this for free by
+      deriving from :class:`PerSequenceProposer`).
+    """
+
+    needs_hidden_states: ClassVar[bool] = False
+    supports_batch: ClassVar[bool] = True
+
+    def start(self, context: StartContext) -> None:
+        """Called once per generation, after the prompt's prefill."""
+
+    def propose(self, request: ProposeRequest) -> Proposal:
+        """Return up to ``request.num_tokens`` draft tokens per sequence."""
+        raise NotImplementedError
+
+    def on_verified(self, result: VerifyResult) -> None:
+        """Called after every verified step, so stateful proposers can roll back and catch up."""
+
+    def finish(self) -> None:
+        """Called once when generation ends (also after an error), to free per-generation state."""
+
+
+class PerSequenceProposer(Proposer):
+    """Convenience base for proposers that think about one sequence at a time.
+
+    Override :meth:`propose_one`, which gets the real (unpadded) tokens of one sequence as a 1-D tensor and returns
+    a 1-D tensor of at most ``num_tokens`` draft tokens (possibly empty). Batching and padding are handled here.
+    """
+
+    def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def propose(self, request: ProposeRequest) -> Proposal:
+        ids, mask = request.input_ids, request.attention_mask
+        batch = ids.shape[0]
+        if batch == 1:  # the common case: no padding to strip, no host sync on the mask
+            if not bool(request.active[0]):
+                return Proposal.empty(1, ids.device)
+            draft = self.propose_one(0, ids[0], request.num_tokens)
+            return Proposal(token_ids=draft.view(1, -1).to(device=ids.device, dtype=torch.long))
+        drafts = []
+        active = request.active.tolist()
+        for b in range(batch):
+            if active[b]:
+                tokens = ids[b][mask[b].bool()]
+                drafts.append(self.propose_one(b, tokens, request.num_tokens).to(torch.long).cpu())
+            else:
+                drafts.append(torch.empty(0, dtype=torch.long))
+        width = max(len(d) for d in drafts)
+        token_ids = torch.zeros(batch, width, dtype=torch.long)
+        for b, d in enumerate(drafts):
+            token_ids[b, : len(d)] = d
+        lengths = torch.tensor([len(d) for d in drafts], dtype=torch.long)
+        return Proposal(token_ids=token_ids.to(ids.device), lengths=lengths.to(ids.device))

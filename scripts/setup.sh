@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything in ./.venv: the CPU build of torch (when no torch is installed), specdecode with its extras,
+# every plugin under plugins/, and the example third-party plugin. Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x .venv/bin/python ]; then
+    echo "specdecode setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q)
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    # Plain `pip install torch` pulls a CUDA build of several GB; take the CPU wheel.
+    echo "specdecode setup: installing the CPU build of torch 2.13.0"
+    "${PIP[@]}" "torch==2.13.0+cpu" 2>/dev/null \
+        || "${PIP[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+fi
+
+# Reinstall our packages only when a pyproject.toml changed (editable installs pick up code changes anyway).
+packages=(-e ".[gguf,plot,test]")
+for p in plugins/*/pyproject.toml examples/*/pyproject.toml; do
+    [ -f "$p" ] && packages+=(-e "$(dirname "$p")")
+done
+stamp=.venv/.specdecode-installed
+want=$(cat pyproject.toml plugins/*/pyproject.toml examples/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "specdecode setup: installing specdecode, its plugins and test tools"
+    "${PIP[@]}" "${packages[@]}" ruff 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import specdecode" # fail loudly if the install did not work
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), lint, then run the whole test suite. This is what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export SPECDECODE_STRICT_PLUGINS=1
+.venv/bin/ruff check core plugins tests benchmarks examples 2>/dev/null || .venv/bin/ruff check core plugins tests
+.venv/bin/python -m pytest -q "$@"
