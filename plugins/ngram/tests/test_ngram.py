@@ -1,0 +1,61 @@
+import random
+
+import pytest
+import torch
+
+import specdecode
+from specdecode_ngram import NgramIndex, NgramProposer
+
+
+def brute_force(tokens: list[int], min_n: int, max_n: int, k: int) -> list[int]:
+    """The definition: longest suffix n-gram first; among its earlier occurrences, the most recent one."""
+    length = len(tokens)
+    for n in range(min(max_n, length - 1), min_n - 1, -1):
+        suffix = tokens[length - n :]
+        for start in range(length - n - 1, -1, -1):  # occurrences that end before the last token
+            if tokens[start : start + n] == suffix:
+                return tokens[start + n : start + n + k]
+    return []
+
+
+@pytest.mark.parametrize("window", [(1, 1), (1, 3), (2, 4), (3, 3)])
+def test_incremental_index_matches_brute_force(window):
+    rng = random.Random(sum(window))
+    for _ in range(30):
+        tokens = [rng.randrange(5) for _ in range(rng.randrange(2, 40))]
+        index = NgramIndex(*window)
+        # Feed in uneven chunks, checking after each one, as the loop does.
+        pos = 0
+        while pos < len(tokens):
+            step = rng.randrange(1, 6)
+            index.extend(tokens[pos : pos + step])
+            pos += step
+            assert index.lookup(4) == brute_force(tokens[:pos], *window, 4)
+
+
+def test_prefers_the_longest_then_the_most_recent_match():
+    index = NgramIndex(1, 3)
+    index.extend([7, 8, 9, 1, 2, 3, 5, 2, 3, 6, 1, 2, 3])
+    assert index.lookup(2) == [5, 2]  # "1 2 3" matched (3-gram) at its only earlier place
+    index = NgramIndex(1, 2)
+    index.extend([2, 3, 4, 2, 3, 5, 2, 3])
+    assert index.lookup(1) == [5]  # two earlier "2 3": the later one wins
+
+
+def test_no_match_is_an_empty_proposal():
+    index = NgramIndex(2, 3)
+    index.extend([1, 2, 3, 4])
+    assert index.lookup(5) == []
+
+
+def test_proposer_restarts_for_a_new_sequence():
+    proposer = NgramProposer(1, 2)
+    proposer.start(None)  # type: ignore[arg-type]
+    assert proposer.propose_one(0, torch.tensor([1, 2, 1]), 3).tolist() == [2, 1]
+    assert proposer.propose_one(0, torch.tensor([5, 6]), 3).tolist() == []
+
+
+def test_window_comes_from_the_config():
+    config = specdecode.SpeculativeConfig(method="ngram", prompt_lookup_min=2, prompt_lookup_max=3)
+    proposer = specdecode.build_proposer(None, config)
+    assert (proposer.min_n, proposer.max_n) == (2, 3)
