@@ -1,0 +1,76 @@
+"""Drafting k tokens autoregressively from a :class:`DraftCache`, greedy or sampled.
+
+Sampled drafts come from ``warp_probs(draft_logits, sampling)`` (the target's temperature / top-k / top-p) and
+those exact probabilities are returned as q, so rejection sampling stays lossless. Logits are first fitted to
+the target's vocabulary: ids the target does not have are masked, ids the draft does not have get probability
+0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import attrs
+import torch
+from specdecode import SamplingParams
+from specdecode.sampling import sample, warp_probs
+
+from .draft_cache import DraftCache
+
+
+def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``[..., V_draft]`` logits -> ``[..., vocab_size]``: extra ids cut off, missing ids at -inf."""
+    have = logits.shape[-1]
+    if have == vocab_size:
+        return logits
+    if have > vocab_size:
+        return logits[..., :vocab_size]
+    pad = logits.new_full((*logits.shape[:-1], vocab_size - have), float("-inf"))
+    return torch.cat([logits, pad], dim=-1)
+
+
+@attrs.frozen(kw_only=True)
+class Draft:
+    token_ids: list[int]
+    probs: torch.Tensor | None  # [n, V] the distributions the tokens were sampled from; None when greedy
+
+
+def draft_tokens(
+    cache: DraftCache,
+    context: list[int],
+    num_tokens: int,
+    *,
+    vocab_size: int,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+    device: torch.device,
+    p_min: float | None = None,
+    stop_ids: Collection[int] = (),
+) -> Draft:
+    """Up to ``num_tokens`` draft tokens after ``context`` (token ids the draft understands).
+
+    ``vocab_size`` and ``device`` are the target's: logits are fitted to the target's vocabulary and moved to
+    its device before picking, so q lives where the verifier reads it. Drafting stops before a token whose
+    distribution's top probability is below ``p_min``, and after a token in ``stop_ids``.
+    """
+    logits = cache.advance_to(context)
+    tokens: list[int] = []
+    probs: list[torch.Tensor] = []
+    for i in range(num_tokens):
+        fitted = fit_vocab(logits.to(device), vocab_size)  # [V]
+        if sampling.do_sample:
+            q = warp_probs(fitted, sampling)
+            if p_min is not None and float(q.max()) < p_min:
+                break
+            token = sample(q.unsqueeze(0), generator)[0]
+            probs.append(q)
+        else:
+            if p_min is not None and float(fitted.float().softmax(-1).max()) < p_min:
+                break
+            token = fitted.argmax()
+        token_id = int(token)
+        tokens.append(token_id)
+        if token_id in stop_ids or i + 1 == num_tokens:
+            break
+        logits = cache.step(token)
+    return Draft(token_ids=tokens, probs=torch.stack(probs) if probs else None)

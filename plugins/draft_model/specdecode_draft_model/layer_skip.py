@@ -1,0 +1,67 @@
+"""Self-speculation: the first N decoder layers of the target, its final norm and its LM head act as the
+draft.
+
+:func:`truncated_view` builds a second model object whose modules are the target's own (no weight is copied)
+but whose decoder stops after N layers. It has its own config (``num_hidden_layers=N``), so a ``DynamicCache``
+built for it has N layers and lives apart from the target's cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from specdecode.errors import ConfigError, invalid
+
+
+def _shallow_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module object holding the same children, parameters and buffers (the tensors are shared)."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    return clone
+
+
+def num_decoder_layers(model: Any) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def truncated_view(model: Any, num_layers: int) -> Any:
+    """The target with only its first ``num_layers`` decoder layers, sharing every weight with it."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    layers = getattr(base, "layers", None)
+    if (
+        base is None
+        or not isinstance(layers, torch.nn.ModuleList)
+        or not hasattr(model.config, "num_hidden_layers")
+    ):
+        raise ConfigError(
+            f"method 'layer_skip' needs a decoder with a `.{prefix or 'model'}.layers` list and "
+            f"config.num_hidden_layers (Llama, Mistral, Qwen, Gemma style); {type(model).__name__} has "
+            "neither",
+            field="method",
+            value="layer_skip",
+        )
+    total = num_decoder_layers(model)
+    if not 1 <= num_layers < total:
+        raise invalid(
+            "method_options.num_layers",
+            num_layers,
+            f"between 1 and {total - 1} (the target has {total} layers)",
+        )
+
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds (sliding / full)
+        config.layer_types = list(config.layer_types)[:num_layers]
+
+    draft_base = _shallow_copy(base)
+    draft_base.layers = torch.nn.ModuleList(list(layers)[:num_layers])
+    draft_base.config = config
+    draft = _shallow_copy(model)
+    setattr(draft, prefix, draft_base)
+    draft.config = config
+    return draft
