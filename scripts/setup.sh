@@ -20,12 +20,14 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 
 # Reinstall our packages only when a pyproject.toml changed (editable installs pick up code changes anyway).
+shopt -s nullglob
+projects=(pyproject.toml plugins/*/pyproject.toml examples/*/pyproject.toml)
 packages=(-e ".[gguf,plot,test]")
-for p in plugins/*/pyproject.toml examples/*/pyproject.toml; do
-    [ -f "$p" ] && packages+=(-e "$(dirname "$p")")
+for p in "${projects[@]:1}"; do
+    packages+=(-e "$(dirname "$p")")
 done
 stamp=.venv/.specdecode-installed
-want=$(cat pyproject.toml plugins/*/pyproject.toml examples/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat "${projects[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "specdecode setup: installing specdecode, its plugins and test tools"
     "${PIP[@]}" "${packages[@]}" ruff 2>&1 | grep -v "^WARNING: Location" || true

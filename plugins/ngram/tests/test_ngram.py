@@ -59,3 +59,50 @@ def test_window_comes_from_the_config():
     config = specdecode.SpeculativeConfig(method="ngram", prompt_lookup_min=2, prompt_lookup_max=3)
     proposer = specdecode.build_proposer(None, config)
     assert (proposer.min_n, proposer.max_n) == (2, 3)
+
+
+def test_adaptive_model_backs_off_after_rejections_and_returns_after_acceptances():
+    from specdecode_ngram import AcceptanceModel, NgramOptions
+
+    model = AcceptanceModel(NgramOptions(), max_n=3, max_k=5)
+    assert model.best_k(3, 5) == 5  # optimistic prior: a long match drafts fully
+    for _ in range(40):
+        model.record(3, drafted=5, accepted=0)
+    decisions = [model.best_k(3, 5) for _ in range(32)]
+    assert decisions.count(0) >= 30  # backs off, exploring with k = 1 now and then
+    assert set(decisions) <= {0, 1}
+    for _ in range(40):
+        model.record(3, drafted=1, accepted=1)
+        model.record(3, drafted=5, accepted=5)
+    assert model.best_k(3, 5) == 5
+
+
+def test_measured_costs_replace_the_prior():
+    from specdecode_ngram import AcceptanceModel, NgramOptions
+
+    model = AcceptanceModel(NgramOptions(), max_n=2, max_k=5)
+    for _ in range(40):
+        model.record(1, drafted=1, accepted=0)
+        model.record(1, drafted=1, accepted=1)  # first-token acceptance about one half
+    assert model.cost(1) == 1.55
+    model.record_time(0, 0.070)
+    model.record_time(1, 0.070)  # a verify of 2 tokens as cheap as 1 (as on a GPU)
+    assert model.cost(1) == 1.0
+    assert model.best_k(1, 1) == 1  # at no extra cost even a coin flip is worth drafting
+
+
+def test_bad_options_are_named():
+    with pytest.raises(specdecode.ConfigError, match=r"'prior_first' must be a number in \[0, 1\] \(got 1.5\)"):
+        specdecode.SpeculativeConfig(method="ngram", method_options={"prior_first": 1.5})
+
+
+def test_non_adaptive_drafts_every_match_in_full():
+    proposer = NgramProposer(1, 2, specdecode_ngram_options(adaptive=False), max_k=5)
+    proposer.start(None)  # type: ignore[arg-type]
+    assert proposer.propose_one(0, torch.tensor([1, 2, 3, 4, 5, 6, 1]), 5).tolist() == [2, 3, 4, 5, 6]
+
+
+def specdecode_ngram_options(**kwargs):
+    from specdecode_ngram import NgramOptions
+
+    return NgramOptions(**kwargs)
