@@ -1,0 +1,156 @@
+"""EAGLE on SmolLM2-135M-Instruct over held-out Spec-Bench prompts: acceptance, speedup and draft cost.
+
+    .venv/bin/python benchmarks/bench_eagle.py                      # small default: 2 prompts per category, 64 tokens
+    .venv/bin/python benchmarks/bench_eagle.py --per-category 10 --max-new-tokens 128 --json out.json
+
+Prompts: Spec-Bench questions with question_id % 4 == 0 (never used to train the shipped head; see
+specdecode_eagle/data.py), first turn, in the chat template, the first N of each of the six categories
+(mt_bench = question_id 81-160). Greedy decoding, batch size 1.
+
+Reported per category and K: mean acceptance length (vLLM's definition: 1 + accepted / drafting steps) and speedup
+= plain generate's wall time / EAGLE's wall time for the same prompts and tokens (plain = transformers
+``model.generate(do_sample=False)``; every EAGLE output is also checked to be identical to it). The plain and EAGLE
+runs of one prompt are interleaved, so load from other processes hits both alike. Finally the cost c of one draft
+step (one head position + the draft-vocabulary LM head) relative to one target decode step, both with a cache
+holding the prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import specdecode
+import torch
+from specdecode.models import load_model
+from specdecode_eagle import load_drafter
+from specdecode_eagle.data import CATEGORIES, chat_prompt, load_questions, split
+
+
+def held_out_prompts(tokenizer, per_category: int, categories: list[str], questions_path: str | None):
+    held = split(load_questions(questions_path), held_out=True)
+    out = []
+    for category in categories:
+        picked = [q for q in held if q.category == category][:per_category]
+        out += [(q, torch.tensor([chat_prompt(tokenizer, q.text)])) for q in picked]
+    return out
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def draft_step_cost(model, drafter, prompt: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds of one target decode step and one head draft step, both after prefilling ``prompt``."""
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=prompt, cache=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1]
+        head_cache = drafter.new_cache()
+        drafter.features(hidden[:, :-1], prompt[:, 1:], 0, head_cache)
+        token = prompt[:, -1:]
+        target_times, draft_times = [], []
+        for _ in range(repeats):
+            _, t = timed(lambda: model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1))
+            cache.crop(-1)
+            target_times.append(t)
+            start = head_cache.get_seq_length()
+            _, t = timed(lambda start=start: drafter.logits(drafter.features(hidden[:, -1:], token, start, head_cache)))
+            head_cache.crop(-1)
+            draft_times.append(t)
+    target, draft = statistics.median(target_times), statistics.median(draft_times)
+    return {"target_step_ms": 1000 * target, "draft_step_ms": 1000 * draft, "c": draft / target}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--head", default=None, help="head directory (default: the shipped head)")
+    parser.add_argument("--per-category", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--ks", default="3,5,7", help="comma-separated speculation depths")
+    parser.add_argument("--categories", default=",".join(CATEGORIES))
+    parser.add_argument("--questions", default=None, help="Spec-Bench question file (default: ../shared/data)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ks = [int(k) for k in args.ks.split(",")]
+    categories = [c for c in args.categories.split(",") if c]
+
+    model, tokenizer = load_model(args.model)
+    drafter = load_drafter(model, args.head)
+    prompts = held_out_prompts(tokenizer, args.per_category, categories, args.questions)
+    print(f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, K in {ks}, "
+          f"{torch.get_num_threads()} threads", file=sys.stderr)
+
+    # Warm-up so the first timed run does not pay for lazy initialisation.
+    warm = prompts[0][1]
+    model.generate(warm, max_new_tokens=4, do_sample=False)
+    specdecode.generate(model, warm, {"method": "eagle", "model": args.head} if args.head else {"method": "eagle"},
+                        max_new_tokens=4, do_sample=False)
+
+    rows = {c: {"plain_s": 0.0, "tokens": 0, **{k: {"s": 0.0, "stats": None} for k in ks}} for c in categories}
+    mismatches = 0
+    for question, ids in prompts:
+        row = rows[question.category]
+        plain, seconds = timed(lambda ids=ids: model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens, do_sample=False))
+        row["plain_s"] += seconds
+        row["tokens"] += plain.shape[1] - ids.shape[1]
+        for k in ks:
+            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k, draft_model=args.head)
+            out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
+                model, ids, config, max_new_tokens=args.max_new_tokens, do_sample=False))
+            mismatches += int(not torch.equal(out.sequences, plain))
+            row[k]["s"] += seconds
+            row[k]["stats"] = out.stats if row[k]["stats"] is None else row[k]["stats"].merge(out.stats)
+        print(f"  q{question.question_id} {question.category}: " + ", ".join(
+            f"K={k} tau {row[k]['stats'].mean_acceptance_length:.2f}" for k in ks), file=sys.stderr)
+
+    cost = draft_step_cost(model, drafter, prompts[0][1], repeats=20)
+    header = "| category | " + " | ".join(f"mean acc. len K={k}" for k in ks) + " | " + " | ".join(
+        f"speedup K={k}" for k in ks) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(ks))]
+    totals = {"plain_s": 0.0, **{k: {"s": 0.0, "stats": None} for k in ks}}
+    for category, row in rows.items():
+        if row[ks[0]]["stats"] is None:
+            continue
+        totals["plain_s"] += row["plain_s"]
+        for k in ks:
+            totals[k]["s"] += row[k]["s"]
+            totals[k]["stats"] = row[k]["stats"] if totals[k]["stats"] is None else totals[k]["stats"].merge(row[k]["stats"])
+        lines.append(f"| {category} | " + " | ".join(f"{row[k]['stats'].mean_acceptance_length:.2f}" for k in ks)
+                     + " | " + " | ".join(f"{row['plain_s'] / row[k]['s']:.2f}x" for k in ks) + " |")
+    lines.append("| **all** | " + " | ".join(f"{totals[k]['stats'].mean_acceptance_length:.2f}" for k in ks)
+                 + " | " + " | ".join(f"{totals['plain_s'] / totals[k]['s']:.2f}x" for k in ks) + " |")
+    print("\n".join(lines))
+    print(f"\ndraft step {cost['draft_step_ms']:.1f} ms, target step {cost['target_step_ms']:.1f} ms: "
+          f"c = {cost['c']:.3f}; outputs identical to plain generate: {len(prompts) * len(ks) - mismatches}/"
+          f"{len(prompts) * len(ks)}")
+    if args.json:
+        raw = {
+            "args": vars(args),
+            "draft_cost": cost,
+            "mismatches": mismatches,
+            "categories": {
+                c: {"plain_s": r["plain_s"], "tokens": r["tokens"],
+                    **{f"K={k}": {"seconds": r[k]["s"], **r[k]["stats"].to_dict()} for k in ks if r[k]["stats"]}}
+                for c, r in rows.items()
+            },
+        }
+        Path(args.json).write_text(json.dumps(raw, indent=2))
+    return 0 if mismatches == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Sampling with an EAGLE head follows the target's distribution: seeded draws on a vocabulary of 6 against the exact
+distribution, judged by the noise of plain sampling from that distribution with the same number of draws."""
+
+import itertools
+
+import specdecode
+import torch
+from specdecode import SamplingParams
+from specdecode.sampling import warp_probs
+from specdecode.testing import tiny_llama
+from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
+from specdecode_eagle.proposer import EagleProposer
+
+torch.set_num_threads(1)  # tiny models: a second thread only adds contention
+VOCAB, NEW, K, DRAWS = 6, 4, 3, 400
+PARAMS = SamplingParams(do_sample=True, temperature=0.8, top_k=4)
+
+
+def _setup():
+    # A larger init than usual gives a peaked target distribution, so a wrong sampler would show.
+    target = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=1, seed=4, num_heads=2, num_kv_heads=1,
+                        initializer_range=0.4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = EagleHead(HeadConfig.from_target(target.config)).eval()
+        for p in head.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.4)
+    # The head scores 4 of the 6 tokens: its q is zero elsewhere, which rejection sampling must still handle.
+    drafter = EagleDrafter(head, target, torch.tensor([0, 1, 2, 4]))
+    return target, drafter
+
+
+def _exact_joint(target, prompt, params) -> torch.Tensor:
+    """p(t1..t4 | prompt) for every continuation, under the warped sampling distribution: [V]*4."""
+    seqs = torch.tensor(list(itertools.product(range(VOCAB), repeat=NEW)))  # [V^4, 4]
+    ids = torch.cat([prompt.expand(len(seqs), -1), seqs], dim=1)
+    with torch.no_grad():
+        logits = target(input_ids=ids).logits[:, prompt.shape[1] - 1 : -1]  # [V^4, 4, V] scores of t1..t4
+    probs = warp_probs(logits, params)
+    per_step = probs.gather(-1, seqs.unsqueeze(-1)).squeeze(-1)  # [V^4, 4]
+    return per_step.prod(dim=1).view(*([VOCAB] * NEW))
+
+
+def _statistics(joint: torch.Tensor) -> list[torch.Tensor]:
+    """Marginals of t2, t3, t4 (the tokens that go through drafting) and the (t2, t3) pair."""
+    return [joint.sum(dim=(0, 2, 3)), joint.sum(dim=(0, 1, 3)), joint.sum(dim=(0, 1, 2)), joint.sum(dim=(0, 3)).flatten()]
+
+
+def _tv(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 0.5 * float((a - b).abs().sum())
+
+
+def _empirical(samples: torch.Tensor) -> torch.Tensor:
+    counts = torch.zeros(VOCAB**NEW)
+    index = (samples * torch.tensor([VOCAB**3, VOCAB**2, VOCAB, 1])).sum(dim=1)
+    counts.index_add_(0, index, torch.ones(len(samples)))
+    return (counts / len(samples)).view(*([VOCAB] * NEW))
+
+
+def test_sampled_output_follows_the_target_distribution():
+    target, drafter = _setup()
+    prompt = torch.tensor([[1, 4, 2]])
+    exact = _exact_joint(target, prompt, PARAMS)
+    generator = torch.Generator().manual_seed(1234)
+    config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=K)
+    draws, drafted, accepted = [], 0, 0
+    for _ in range(DRAWS):
+        out = specdecode.generate(
+            target, prompt, config, max_new_tokens=NEW, do_sample=True, temperature=PARAMS.temperature,
+            top_k=PARAMS.top_k, generator=generator, proposer=EagleProposer(drafter),
+        )
+        draws.append(out.sequences[0, prompt.shape[1] :])
+        drafted += out.stats.drafted
+        accepted += out.stats.accepted
+    assert 0 < accepted < drafted  # both acceptance and rejection were exercised
+    spec = _statistics(_empirical(torch.stack(draws)))
+
+    # Noise baseline: the same statistics from DRAWS plain draws of the exact distribution, 30 times.
+    flat = exact.flatten()
+    g = torch.Generator().manual_seed(99)
+    baseline = torch.tensor([
+        [_tv(s, e) for s, e in zip(_statistics(_empirical(_unflatten(torch.multinomial(flat, DRAWS, True, generator=g)))),
+                                    _statistics(exact))]
+        for _ in range(30)
+    ])  # [30, 4]
+    bound = baseline.mean(dim=0) + 4 * baseline.std(dim=0)
+    for i, (s, e) in enumerate(zip(spec, _statistics(exact))):
+        assert _tv(s, e) <= float(bound[i]), f"statistic {i}: TV {_tv(s, e):.4f} > noise bound {float(bound[i]):.4f}"
+
+    # The test can tell distributions apart: the unwarped target (temperature 1, no top-k) fails the same bound.
+    wrong = _statistics(_exact_joint(target, prompt, SamplingParams(do_sample=True)))
+    assert any(_tv(s, w) > float(bound[i]) for i, (s, w) in enumerate(zip(spec, wrong)))
+
+
+def _unflatten(index: torch.Tensor) -> torch.Tensor:
+    digits = [(index // VOCAB**p) % VOCAB for p in (3, 2, 1, 0)]
+    return torch.stack(digits, dim=1)
+
+
+def test_seeded_sampling_is_reproducible():
+    target, drafter = _setup()
+    prompt = torch.tensor([[3, 0, 5, 1]])
+    runs = [
+        specdecode.generate(target, prompt, {"method": "eagle"}, max_new_tokens=16, do_sample=True, seed=7,
+                            proposer=EagleProposer(drafter)).sequences
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0], runs[1])
