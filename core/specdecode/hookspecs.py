@@ -2,7 +2,8 @@
 
 A plugin is a module (or object) with functions marked ``@specdecode.hookimpl`` whose names match the specs below.
 It is found through the ``specdecode.proposers`` entry-point group, or registered in code with
-:func:`specdecode.register_plugin`. Every hook is documented in docs/hooks.md (a test checks that).
+:func:`specdecode.register_plugin`. Every hook is documented in docs/plugins/hooks.md
+(tests/test_hooks_meta.py checks that).
 """
 
 from __future__ import annotations
