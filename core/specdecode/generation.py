@@ -5,6 +5,11 @@ cache (logits ``[B, k+1, V]``); drafts are accepted (greedy match, rejection sam
 token after the accepted run (corrected or bonus) is appended; the cache is cropped back to the accepted prefix.
 The prompt is never recomputed.
 
+In a batch every row accepts its own number of drafts; the cache keeps the longest accepted run and hides the
+slots other rows rejected behind the attention mask (see :mod:`specdecode.batching` and docs/batching.md).
+Sequences that stop leave the batch. K per step comes from the batch-size policies of the config and from the
+speculation schedule (:mod:`specdecode.schedules`).
+
 Letters: B batch, T tokens so far, k drafts this step, V vocabulary, H hidden size. p = target, q = draft.
 """
 
@@ -19,10 +24,13 @@ import attrs
 import torch
 
 from . import sampling
+from .batching import CacheSlots, RightAlignedTokens, check_left_padded
 from .config import SpeculativeConfig
+from .kernels import FEW_ROWS_LINEAR, few_rows_linear
 from .errors import ConfigError, SpecDecodeError, invalid
-from .proposer import Proposal, ProposeRequest, Proposer, SamplingParams, StartContext, VerifyResult
+from .proposer import Proposal, Proposer, ProposeRequest, SamplingParams, StartContext, VerifyResult
 from .registry import get_method
+from .schedules import StepOutcome, make_schedule
 from .stats import GenerationStats
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -30,8 +38,11 @@ DEFAULT_MAX_NEW_TOKENS = 128
 
 @attrs.frozen(kw_only=True)
 class GenerateOutput:
-    sequences: torch.Tensor  # [B, T_prompt + new] prompt and generated tokens
-    stats: GenerationStats
+    # [B, T_prompt + new]: each prompt as given (left padding kept), then its generated tokens, right-padded with
+    # the pad token where a sequence stopped early (as transformers' batched generate returns them).
+    sequences: torch.Tensor
+    stats: GenerationStats  # the whole call; in a batch, counts are summed over sequences
+    sequence_stats: list[GenerationStats] = attrs.field(factory=list)  # one per sequence (B == 1: [stats])
 
 
 def build_proposer(model: Any, config: SpeculativeConfig) -> Proposer:
@@ -51,12 +62,13 @@ def generate(
     config: SpeculativeConfig | dict | str | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | Sequence[int] | None = None,
     do_sample: bool | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
     stop_strings: str | Sequence[str] | None = None,
     tokenizer: Any = None,
     streamer: Any = None,
@@ -71,126 +83,237 @@ def generate(
     ``config`` may be a :class:`SpeculativeConfig`, a dict or a JSON string in vLLM's shape; ``None`` means
     ``SpeculativeConfig()`` (n-gram prompt lookup, K=5). Unset sampling arguments fall back to the model's
     ``generation_config``, as in transformers. ``proposer`` overrides the one the config names (for tests).
+
+    A batch (``input_ids`` of shape ``[B, T]``, B > 1) must be left-padded, with ``attention_mask`` marking the
+    padding. Every sequence accepts its own number of drafts per step and leaves the batch when it stops;
+    ``max_new_tokens`` may be one number per sequence. See docs/batching.md.
     """
     config = _as_config(config)
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
         raise invalid("input_ids", tuple(input_ids.shape), "a non-empty [batch, length] tensor of token ids")
-    if input_ids.shape[0] != 1:
-        raise SpecDecodeError(
-            f"batch size {input_ids.shape[0]} is not supported yet: specdecode.generate takes one sequence "
-            "(input_ids of shape [1, length]); loop over the prompts"
+    batch = input_ids.shape[0]
+    if streamer is not None and batch > 1:
+        raise invalid(
+            "streamer",
+            type(streamer).__name__,
+            "None when the batch size is above 1 (streamers take one sequence)",
+        )
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise invalid(
+            "attention_mask", tuple(attention_mask.shape), f"the shape of input_ids {tuple(input_ids.shape)}"
         )
     gen_config = getattr(model, "generation_config", None)
     params = _sampling_params(gen_config, do_sample, temperature, top_k, top_p)
-    max_new = _resolve_max_new_tokens(max_new_tokens, gen_config)
+    max_new = _resolve_max_new_tokens(max_new_tokens, gen_config, batch)
     eos_ids = _eos_ids(eos_token_id, gen_config)
+    pad = _pad_token_id(pad_token_id, gen_config, model, eos_ids)
     stops = _stop_strings(stop_strings, tokenizer)
     if generator is None and seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
 
-    # Batch size 1: drop left padding, the loop then needs no mask or explicit positions.
-    padding = None
-    if attention_mask is not None:
-        keep = attention_mask[0].bool()
-        if not bool(keep.all()):
-            padding = input_ids[:, ~keep]
-            input_ids = input_ids[:, keep]
-    loop = _Loop(model, config, params, max_new, eos_ids, stops, tokenizer, streamer, generator)
-    loop.proposer = proposer if proposer is not None else build_proposer(model, config)
+    proposer = proposer if proposer is not None else build_proposer(model, config)
+
+    def new_loop(row_max_new: list[int]) -> _Loop:
+        loop = _Loop(model, config, params, row_max_new, eos_ids, stops, tokenizer, streamer, generator, pad)
+        loop.proposer = proposer
+        return loop
+
+    if batch == 1:
+        # Drop padding: the loop then needs no mask or explicit positions.
+        padding = None
+        if attention_mask is not None:
+            keep = attention_mask[0].bool()
+            if not bool(keep.all()):
+                padding = input_ids[:, ~keep]
+                input_ids = input_ids[:, keep]
+        loop = new_loop(max_new)
+        try:
+            generated = loop.run(input_ids, None, [input_ids.shape[1]])
+        finally:
+            proposer.finish()
+        new = torch.tensor(generated, dtype=input_ids.dtype, device=input_ids.device)
+        sequences = torch.cat([input_ids, new] if padding is None else [padding, input_ids, new], dim=1)
+        return GenerateOutput(sequences=sequences, stats=loop.stats, sequence_stats=[loop.stats])
+
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    lengths = check_left_padded(mask)
+    if not type(proposer).supports_batch:
+        return _generate_one_by_one(new_loop, proposer, input_ids, lengths, max_new, pad)
+    trim = input_ids.shape[1] - max(lengths)  # columns that are padding in every row
+    loop = new_loop(max_new)
     try:
-        sequences = loop.run(input_ids)
+        generated = loop.run(input_ids[:, trim:], mask[:, trim:], lengths)
     finally:
-        loop.proposer.finish()
-    if padding is not None:
-        sequences = torch.cat([padding, sequences], dim=1)
-    return GenerateOutput(sequences=sequences, stats=loop.stats)
+        proposer.finish()
+    return GenerateOutput(
+        sequences=_right_pad(input_ids, generated, pad), stats=loop.stats, sequence_stats=loop.sequence_stats
+    )
+
+
+def _generate_one_by_one(new_loop, proposer, input_ids, lengths, max_new, pad) -> GenerateOutput:
+    """For proposers that set ``supports_batch = False``: the sequences one after another, same outputs."""
+    generated, per_sequence = [], []
+    width = input_ids.shape[1]
+    try:
+        for b, length in enumerate(lengths):
+            loop = new_loop([max_new[b]])
+            generated.append(loop.run(input_ids[b : b + 1, width - length :], None, [length])[0])
+            per_sequence.append(loop.stats)
+    finally:
+        proposer.finish()
+    total = per_sequence[0]
+    for stats in per_sequence[1:]:
+        total = total.merge(stats)
+    return GenerateOutput(
+        sequences=_right_pad(input_ids, generated, pad), stats=total, sequence_stats=per_sequence
+    )
+
+
+def _right_pad(prompts: torch.Tensor, generated: list[list[int]], pad: int) -> torch.Tensor:
+    """[B, T] prompts + per-row generated tokens -> [B, T + longest], right-padded with ``pad``."""
+    longest = max(len(g) for g in generated)
+    new = torch.full((len(generated), longest), pad, dtype=prompts.dtype)
+    for b, tokens in enumerate(generated):
+        new[b, : len(tokens)] = torch.tensor(tokens, dtype=prompts.dtype)
+    return torch.cat([prompts, new.to(prompts.device)], dim=1)
 
 
 class _Loop:
-    """State of one generation. Kept in a class only so that ``run`` reads top to bottom."""
+    """State of one generation. Kept in a class only so that ``run`` reads top to bottom.
+
+    Rows: the B sequences keep their index b for the proposer (stable, with ``active`` flags), while the target's
+    forward runs only over the R rows still running (``running`` maps position i in the target batch to b).
+    """
 
     proposer: Proposer
 
-    def __init__(self, model, config, params, max_new, eos_ids, stops, tokenizer, streamer, generator):
+    def __init__(self, model, config, params, max_new, eos_ids, stops, tokenizer, streamer, generator, pad):
         self.model = model
         self.config = config
         self.params = params
-        self.max_new = max_new
+        self.max_new: list[int] = max_new  # per sequence
         self.eos_ids = eos_ids
         self.stops = stops
         self.tokenizer = tokenizer
         self.streamer = streamer
         self.generator = generator
-        self.stats = GenerationStats()
+        self.pad = pad
+        self.stats = GenerationStats(num_sequences=len(max_new))
+        self.sequence_stats = [self.stats] if len(max_new) == 1 else [GenerationStats() for _ in max_new]
+        self.schedule = make_schedule(config.speculation_schedule, config.num_speculative_tokens)
         self.cache_kwarg = _cache_kwarg_name(model)
 
-    def forward(self, ids: torch.Tensor, cache: Any, want_hidden: bool, logits_to_keep: int = 0):
-        """One target forward pass over ``ids`` [B, n] appended to ``cache``."""
+    def forward(self, ids, cache, want_hidden, logits_to_keep=0, attention_mask=None, position_ids=None):
+        """One target forward pass over ``ids`` [R, n] appended to ``cache``."""
         start = time.perf_counter()
-        out = self.model(
-            input_ids=ids,
-            use_cache=True,
-            output_hidden_states=want_hidden,
-            logits_to_keep=logits_to_keep,
-            **{self.cache_kwarg: cache},
-        )
+        extra = {}
+        if attention_mask is not None:
+            extra = {"attention_mask": attention_mask, "position_ids": position_ids}
+        with few_rows_linear(FEW_ROWS_LINEAR):  # cheaper CPU verify passes, see kernels.py
+            out = self.model(
+                input_ids=ids,
+                use_cache=True,
+                output_hidden_states=want_hidden,
+                logits_to_keep=logits_to_keep,
+                **{self.cache_kwarg: cache},
+                **extra,
+            )
         self.stats.time_target += time.perf_counter() - start
         self.stats.target_forwards += 1
         hidden = out.hidden_states[-1] if want_hidden else None
         return out.logits, hidden
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """A token from [B, V] logits, as plain generate would pick it."""
+        """A token from [R, V] logits, as plain generate would pick it."""
         if self.params.greedy:
             return logits.argmax(dim=-1)
         return sampling.sample(sampling.warp_probs(logits, self.params), self.generator)
 
-    def accept(self, logits: torch.Tensor, proposal: Proposal, draft: torch.Tensor):
-        """Decide how many drafts survive. logits [B, k+1, V], draft [B, k] -> (num_accepted [B], next [B])."""
+    def accept(self, logits, draft, lengths, draft_probs):
+        """Decide how many drafts survive. logits [R, k+1, V], draft [R, k] -> (num_accepted [R], next [R])."""
         if self.params.greedy:
-            return sampling.greedy_accept(logits, draft, proposal.lengths)
-        probs = sampling.warp_probs(logits, self.params)  # [B, k+1, V]
+            return sampling.greedy_accept(logits, draft, lengths)
+        probs = sampling.warp_probs(logits, self.params)  # [R, k+1, V]
         if self.config.acceptance_method == "typical_acceptance_sampler":
             return sampling.typical_accept(
                 probs,
                 draft,
-                proposal.lengths,
+                lengths,
                 posterior_threshold=self.config.posterior_threshold,
                 posterior_alpha=self.config.posterior_alpha,
                 generator=self.generator,
             )
-        q = proposal.draft_probs
-        if q is not None:
-            q = q[:, : draft.shape[1]].to(probs.dtype)
-        return sampling.rejection_sample(probs, draft, q, proposal.lengths, self.generator)
+        q = None if draft_probs is None else draft_probs.to(probs.dtype)
+        return sampling.rejection_sample(probs, draft, q, lengths, self.generator)
 
-    def run(self, prompt: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        stats, proposer = self.stats, self.proposer
-        stats.prompt_tokens = prompt.shape[1]
+    def drafts_for_running(self, proposal: Proposal, k_budget: int, running_index, room: list[int]):
+        """The running rows' drafts, at most ``k_budget`` and ``room[i]`` tokens each.
+
+        -> (draft [R, k], lengths [R] or None, draft_probs [R, k, V] or None).
+        """
+        draft, lengths, q = proposal.token_ids, proposal.lengths, proposal.draft_probs
+        if running_index is not None:  # some sequences finished: the proposal still has all B rows
+            draft = draft[running_index]
+            lengths = None if lengths is None else lengths[running_index]
+            q = None if q is None else q[running_index]
+        device = self.device
+        draft = draft[:, :k_budget].to(device)
+        k = draft.shape[1]
+        if any(r < k for r in room):  # a sequence close to its max_new_tokens drafts less
+            limit = torch.tensor(room, device=device)
+            lengths = limit if lengths is None else torch.minimum(lengths.to(device), limit)
+        if lengths is not None:
+            lengths = lengths.to(device).clamp(max=k)
+            if lengths.device.type == "cpu":  # free to look at: verify no wider than the longest draft
+                k = int(lengths.max())
+                draft = draft[:, :k]
+            # Padding entries are never read, but they pass through the embedding: make them valid ids.
+            draft = draft.masked_fill(torch.arange(k, device=device).unsqueeze(0) >= lengths.unsqueeze(1), 0)
+        if q is not None:
+            q = q[:, :k]
+        return draft, lengths, q
+
+    def run(
+        self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, lengths: list[int]
+    ) -> list[list[int]]:
+        """Generate for ``prompt`` [B, P] (left-padded by ``prompt_mask`` when B > 1; ``lengths`` real tokens per
+        row). Returns each sequence's generated tokens."""
+        self.t0 = t0 = time.perf_counter()
+        stats, proposer, schedule = self.stats, self.proposer, self.schedule
+        batch = prompt.shape[0]
+        self.device = prompt.device
+        stats.prompt_tokens = sum(lengths)
+        for s, length in zip(self.sequence_stats, lengths):
+            s.prompt_tokens = length
         want_hidden = type(proposer).needs_hidden_states
         cache = _new_cache(self.model)
+        slots = CacheSlots.from_prompt(prompt_mask, lengths)
         if self.streamer is not None:
             self.streamer.put(prompt.cpu())
 
         with torch.inference_mode():
-            logits, hidden = self.forward(prompt, cache, want_hidden, logits_to_keep=1)
+            logits, hidden = self.forward(
+                prompt, cache, want_hidden, 1, slots.mask, slots.prefill_positions()
+            )
             if hasattr(cache, "activate_past_recording"):
                 # After the prefill (no memory spike on long prompts): sliding-window layers must now keep what
                 # they would drop, or a rejected draft could not be rolled back.
                 cache.activate_past_recording()
-            first = self.pick(logits[:, -1])  # [B]
-            tokens = torch.cat([prompt, first.unsqueeze(1)], dim=1)  # [B, T]
-            generated = [int(first[0])]
-            self._emit(generated)
-            mask = torch.ones_like(tokens)
+            last = self.pick(logits[:, -1])  # [R] each running row's newest token, not yet in the cache
+            generated = [[t] for t in last.tolist()]
+            self._emit(generated[0])
+            ones = torch.ones(batch, 1, dtype=torch.long, device=prompt.device)
+            mask = ones.expand(batch, prompt.shape[1]) if prompt_mask is None else prompt_mask.long()
+            view = RightAlignedTokens(
+                torch.cat([prompt, last.unsqueeze(1)], 1), torch.cat([mask, ones], 1), self.pad
+            )
             t = time.perf_counter()
             proposer.start(
                 StartContext(
-                    input_ids=tokens,
-                    attention_mask=mask,
+                    input_ids=view.ids,
+                    attention_mask=view.mask,
                     num_speculative_tokens=self.config.num_speculative_tokens,
                     sampling=self.params,
                     generator=self.generator,
@@ -199,18 +322,27 @@ class _Loop:
                 )
             )
             stats.time_proposer += time.perf_counter() - t
-            active = torch.ones(1, dtype=torch.bool, device=tokens.device)
-            done = self._finished(generated, len(generated))
+            running = list(range(batch))  # target row i is sequence running[i]
+            running_index = None  # the same as a tensor, None while every sequence runs
+            active = torch.ones(batch, dtype=torch.bool, device=prompt.device)
+            finished = [i for i, b in enumerate(running) if self._finished(b, generated[b], 0)]
+            if finished:
+                running, running_index, active, last = self._drop(
+                    finished, running, slots, cache, last, batch
+                )
 
-            while not done:
+            while running:
+                t_step = time.perf_counter()
+                rows = len(running)
                 # Never draft past max_new_tokens: k drafts + 1 corrected/bonus token per step.
-                k_budget = min(self.config.num_speculative_tokens, self.max_new - len(generated) - 1)
-                t = time.perf_counter()
+                room = [self.max_new[b] - len(generated[b]) - 1 for b in running]
+                cap = self.config.num_tokens_for_batch(rows)
+                k_budget = min(schedule.next_k(cap, rows), max(room))
                 if k_budget > 0:
                     proposal = proposer.propose(
                         ProposeRequest(
-                            input_ids=tokens,
-                            attention_mask=mask,
+                            input_ids=view.ids,
+                            attention_mask=view.mask,
                             num_tokens=k_budget,
                             active=active,
                             sampling=self.params,
@@ -218,62 +350,145 @@ class _Loop:
                         )
                     )
                 else:
-                    proposal = Proposal.empty(1, tokens.device)
-                stats.time_proposer += time.perf_counter() - t
-                draft = proposal.token_ids[:, :k_budget].to(tokens.device)  # [B, k]
-                if proposal.lengths is not None:
-                    proposal = attrs.evolve(proposal, lengths=proposal.lengths.clamp(max=draft.shape[1]))
+                    proposal = Proposal.empty(batch, prompt.device)
+                draft_seconds = time.perf_counter() - t_step
+                stats.time_proposer += draft_seconds
+                draft, draft_lengths, q = self.drafts_for_running(proposal, k_budget, running_index, room)
                 k = draft.shape[1]
 
-                verify_ids = torch.cat([tokens[:, -1:], draft], dim=1)  # [B, k+1]
-                logits, hidden = self.forward(verify_ids, cache, want_hidden)  # [B, k+1, V]
-                num_accepted, next_tokens = self.accept(logits, proposal, draft)
-                # One host transfer per step: the loop needs both counts on the host to crop and to stop.
-                n, next_token = torch.stack([num_accepted[0], next_tokens[0]]).tolist()
-                drafted = k if proposal.lengths is None else int(proposal.lengths[0])
-                stats.record_step(drafted, n)
-                # The cache now holds [.., last, d_1..d_k]; keep [.., last, d_1..d_n] (next_token is not in it yet).
-                if k - n > 0:
-                    cache.crop(-(k - n))
+                t_verify = time.perf_counter()
+                verify_ids = torch.cat([last.unsqueeze(1), draft], dim=1)  # [R, k+1]
+                attention_mask, position_ids = slots.forward_inputs(k + 1)
+                logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, attention_mask, position_ids)
+                num_accepted, next_tokens = self.accept(logits, draft, draft_lengths, q)  # [R], [R]
+                # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
+                parts = [num_accepted, next_tokens, draft.reshape(-1)]
+                if draft_lengths is not None:
+                    parts.append(draft_lengths)
+                host = torch.cat(parts).tolist()
+                verify_seconds = time.perf_counter() - t_verify
+                accepted, nexts = host[:rows], host[rows : 2 * rows]
+                drafted = host[2 * rows + rows * k :] if draft_lengths is not None else [k] * rows
+                # The cache holds [.., last, d_1..d_k] per row; keep the longest accepted run, hide the rest.
+                kept = slots.advance(num_accepted, accepted)
+                if k + 1 > kept:
+                    cache.crop(-(k + 1 - kept))
 
-                new = draft[0, :n].tolist() + [next_token]
-                before = len(generated)
-                generated.extend(new)
-                done = self._finished(generated, before)
-                new = generated[before:]  # _finished truncates at eos / max_new_tokens / stop string
-                new_t = torch.tensor([new], dtype=tokens.dtype, device=tokens.device)
-                tokens = torch.cat([tokens, new_t], dim=1)
-                mask = torch.ones_like(tokens)
-                self._emit(new)
-                if not done:
+                new_tokens: list[list[int]] = [[] for _ in range(batch)]
+                finished = []
+                for i, b in enumerate(running):
+                    n = accepted[i]
+                    before = len(generated[b])
+                    generated[b].extend(host[2 * rows + i * k : 2 * rows + i * k + n])
+                    generated[b].append(nexts[i])
+                    # _finished truncates at eos / max_new_tokens / stop string.
+                    if self._finished(b, generated[b], before):
+                        finished.append(i)
+                    new_tokens[b] = generated[b][before:]
+                view.append(new_tokens)
+                self._emit(new_tokens[0])
+                stats.record_batch_step(drafted, accepted)
+                stats.k_budget_per_step.append(k_budget)
+                if batch > 1:
+                    for i, b in enumerate(running):
+                        self.sequence_stats[b].record_step(drafted[i], accepted[i])
+                        self.sequence_stats[b].k_budget_per_step.append(k_budget)
+
+                if len(finished) < rows:  # someone still runs
                     t = time.perf_counter()
                     proposer.on_verified(
-                        VerifyResult(
-                            input_ids=tokens,
-                            attention_mask=mask,
-                            num_drafted=torch.tensor([drafted], device=tokens.device),
-                            num_accepted=num_accepted,
-                            next_tokens=next_tokens,
-                            num_accepted_list=[n],
-                            hidden_states=hidden,
+                        self._verify_result(
+                            view, running, rows, batch, drafted, accepted, num_accepted, next_tokens, hidden
                         )
                     )
                     stats.time_proposer += time.perf_counter() - t
+                last = next_tokens
+                if finished:
+                    running, running_index, active, last = self._drop(
+                        finished, running, slots, cache, last, batch
+                    )
+                if running:
+                    slots.maybe_compact(cache)  # only when holes and padding fill half of the cache
+                schedule.observe(
+                    StepOutcome(
+                        budget=k_budget,
+                        drafted=drafted,
+                        accepted=accepted,
+                        verify_tokens=rows * (k + 1),
+                        verify_seconds=verify_seconds,
+                        draft_seconds=draft_seconds,
+                        step_seconds=time.perf_counter() - t_step,
+                    )
+                )
 
         if self.streamer is not None:
             self.streamer.end()
-        stats.new_tokens = len(generated)
+        stats.new_tokens = sum(len(g) for g in generated)
         stats.time_total = time.perf_counter() - t0
-        return tokens
+        if batch > 1:
+            for s, g in zip(self.sequence_stats, generated):
+                s.new_tokens = len(g)
+        return generated
+
+    def _drop(self, finished, running, slots, cache, last, batch):
+        """Remove the finished target rows (positions in ``running``) from the target batch and its cache."""
+        stopped = set(finished)
+        keep = [i for i in range(len(running)) if i not in stopped]
+        if len(self.sequence_stats) > 1:
+            for i in finished:  # a sequence's own time: until it left the batch
+                self.sequence_stats[running[i]].time_total = time.perf_counter() - self.t0
+        running = [running[i] for i in keep]
+        if not running:
+            return running, None, None, last
+        slots.select(keep, cache)
+        last = last[torch.tensor(keep, device=last.device)]
+        running_index = torch.tensor(running, device=last.device)
+        active = torch.zeros(batch, dtype=torch.bool, device=last.device)
+        active[running_index] = True
+        return running, running_index, active, last
+
+    def _verify_result(
+        self, view, running, rows, batch, drafted, accepted, num_accepted, next_tokens, hidden
+    ):
+        """The step's feedback over all B sequences (rows that are not running report zeros)."""
+        if rows == batch:
+            num_drafted = torch.tensor(drafted, device=self.device)
+            accepted_list = accepted
+        else:
+            index = torch.tensor(running, device=self.device)
+            num_drafted = torch.zeros(batch, dtype=torch.long, device=self.device)
+            num_drafted[index] = torch.tensor(drafted, device=self.device)
+            num_accepted = torch.zeros(batch, dtype=num_accepted.dtype, device=self.device).index_copy(
+                0, index, num_accepted
+            )
+            next_tokens = torch.full(
+                (batch,), self.pad, dtype=next_tokens.dtype, device=self.device
+            ).index_copy(0, index, next_tokens)
+            if hidden is not None:
+                hidden = hidden.new_zeros(batch, *hidden.shape[1:]).index_copy(0, index, hidden)
+            accepted_list = [0] * batch
+            for i, b in enumerate(running):
+                accepted_list[b] = accepted[i]
+        return VerifyResult(
+            input_ids=view.ids,
+            attention_mask=view.mask,
+            num_drafted=num_drafted,
+            num_accepted=num_accepted,
+            next_tokens=next_tokens,
+            num_accepted_list=accepted_list,
+            hidden_states=hidden,
+        )
 
     def _emit(self, new: list[int]) -> None:
         if self.streamer is not None and new:
             self.streamer.put(torch.tensor(new, dtype=torch.long))
 
-    def _finished(self, generated: list[int], before: int) -> bool:
-        """Truncate ``generated`` in place at the first stop among the tokens added after ``before``; True if done."""
+    def _finished(self, b: int, generated: list[int], before: int) -> bool:
+        """Truncate ``generated`` (sequence b's tokens) in place at the first stop among the tokens added after
+        ``before``; True if the sequence is done."""
+        max_new = self.max_new[b]
         for i in range(before, len(generated)):
-            if i + 1 >= self.max_new or generated[i] in self.eos_ids or self._hit_stop_string(generated, i):
+            if i + 1 >= max_new or generated[i] in self.eos_ids or self._hit_stop_string(generated, i):
                 del generated[i + 1 :]
                 return True
         return False
@@ -330,12 +545,39 @@ def _sampling_params(gen_config, do_sample, temperature, top_k, top_p) -> Sampli
     )
 
 
-def _resolve_max_new_tokens(max_new_tokens: int | None, gen_config: Any) -> int:
+def _resolve_max_new_tokens(
+    max_new_tokens: int | Sequence[int] | None, gen_config: Any, batch: int
+) -> list[int]:
+    """One limit per sequence: a number for all, or a list with one entry per prompt."""
     if max_new_tokens is None:
         max_new_tokens = getattr(gen_config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise invalid("max_new_tokens", max_new_tokens, "an integer >= 1")
-    return max_new_tokens
+    if isinstance(max_new_tokens, (list, tuple)):
+        limits = list(max_new_tokens)
+        if len(limits) != batch:
+            raise invalid(
+                "max_new_tokens", max_new_tokens, f"an integer or a list of {batch} integers (one per prompt)"
+            )
+    else:
+        limits = [max_new_tokens] * batch
+    for limit in limits:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            allowed = (
+                "a list of integers >= 1" if isinstance(max_new_tokens, (list, tuple)) else "an integer >= 1"
+            )
+            raise invalid("max_new_tokens", max_new_tokens, allowed)
+    return limits
+
+
+def _pad_token_id(pad_token_id: int | None, gen_config: Any, model: Any, eos_ids: frozenset[int]) -> int:
+    """The id that right-pads stopped sequences: the argument, the model's pad token, an eos token, or 0."""
+    for candidate in (
+        pad_token_id,
+        getattr(gen_config, "pad_token_id", None),
+        getattr(getattr(model, "config", None), "pad_token_id", None),
+    ):
+        if isinstance(candidate, int) and not isinstance(candidate, bool):
+            return candidate
+    return min(eos_ids) if eos_ids else 0
 
 
 def _eos_ids(eos_token_id: int | Sequence[int] | None, gen_config: Any) -> frozenset[int]:

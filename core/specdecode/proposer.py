@@ -14,7 +14,9 @@ One generation, seen from a proposer::
         proposer.on_verified(result)                     # how many were accepted, what comes next
     proposer.finish()
 
-Every tensor has a batch dimension, even at batch size 1, so batched generation needs no plugin rewrite.
+Every tensor has a batch dimension, even at batch size 1, so batched generation needs no plugin rewrite. In a
+batch, row b is always the b-th prompt (finished sequences stay, with ``active[b]`` False), and every row is
+right-aligned: padding on the left, ``input_ids[:, -1]`` is each row's newest token (docs/batching.md).
 """
 
 from __future__ import annotations

@@ -25,30 +25,41 @@ class GenerationStats:
     target_forwards: int = 0  # prefill included
     drafted_per_position: list[int] = attrs.field(factory=list)
     accepted_per_position: list[int] = attrs.field(factory=list)
-    k_per_step: list[int] = attrs.field(factory=list)  # draft tokens proposed at each step
-    accepted_per_step: list[int] = attrs.field(factory=list)
+    k_per_step: list[int] = attrs.field(factory=list)  # draft tokens proposed at each step (widest row in a batch)
+    accepted_per_step: list[int] = attrs.field(factory=list)  # summed over the rows of a batch
+    k_budget_per_step: list[int] = attrs.field(factory=list)  # K asked of the proposer (schedule and policies)
+    rows_per_step: list[int] = attrs.field(factory=list)  # sequences in each verify forward
+    num_sequences: int = 1
     time_proposer: float = 0.0  # seconds in propose() and on_verified()
     time_target: float = 0.0  # seconds in the target's forward passes
     time_total: float = 0.0
     prompt_tokens: int = 0
 
     def record_step(self, drafted: int, accepted: int) -> None:
+        """One verify forward of a single sequence."""
+        self.record_batch_step([drafted], [accepted])
+
+    def record_batch_step(self, drafted: list[int], accepted: list[int]) -> None:
+        """One verify forward over several rows. Counts are summed over rows, so ``drafting_steps`` counts
+        (row, step) pairs that drafted and the mean acceptance length keeps its per-sequence meaning."""
         self.steps += 1
-        self.k_per_step.append(drafted)
-        self.accepted_per_step.append(accepted)
-        if drafted == 0:
-            return
-        self.drafting_steps += 1
-        self.drafted += drafted
-        self.accepted += accepted
-        if len(self.drafted_per_position) < drafted:
-            grow = drafted - len(self.drafted_per_position)
-            self.drafted_per_position.extend([0] * grow)
-            self.accepted_per_position.extend([0] * grow)
-        for i in range(drafted):
-            self.drafted_per_position[i] += 1
-        for i in range(accepted):
-            self.accepted_per_position[i] += 1
+        self.k_per_step.append(max(drafted))
+        self.accepted_per_step.append(sum(accepted))
+        self.rows_per_step.append(len(drafted))
+        for d, n in zip(drafted, accepted):
+            if d == 0:
+                continue
+            self.drafting_steps += 1
+            self.drafted += d
+            self.accepted += n
+            if len(self.drafted_per_position) < d:
+                grow = d - len(self.drafted_per_position)
+                self.drafted_per_position.extend([0] * grow)
+                self.accepted_per_position.extend([0] * grow)
+            for i in range(d):
+                self.drafted_per_position[i] += 1
+            for i in range(n):
+                self.accepted_per_position[i] += 1
 
     def merge(self, other: GenerationStats) -> GenerationStats:
         """Sum of two stats (for totals over prompts)."""
