@@ -4,15 +4,14 @@ The suffix of prompt + generated text is matched from ``prompt_lookup_max`` toke
 the longest match wins, and among equal lengths the most recent occurrence. An index of n-grams is extended as
 tokens arrive, so a step costs O(window), not a rescan of the sequence.
 
-Speculation is not free: a target forward over k+1 tokens costs more than over one (on a CPU, 1.5-2.5x). With
-``adaptive=True`` (the default) the proposer therefore drafts only when it expects to gain: it keeps running
-acceptance estimates per match length and a measured verify-cost curve, and picks the k that maximises
-expected tokens per unit of cost (Leviathan et al.), drafting nothing when no k beats a plain decode step.
+Speculation is not free: a target forward over k+1 tokens costs more than over one. With ``adaptive=True`` (the
+default) the proposer therefore drafts only when it expects to gain: it keeps running acceptance estimates per match
+length and, with a verify-cost curve given by the options (``specdecode tune`` measures it), picks the k that
+maximises expected tokens per unit of cost (Leviathan et al.), drafting nothing when no k beats a plain step.
+Decisions depend only on the tokens seen, never on timings, so seeded sampling stays reproducible.
 """
 
 from __future__ import annotations
-
-import time
 
 import attrs
 import torch
@@ -36,10 +35,10 @@ class NgramOptions:
     # Prior acceptance of a draft's first token for a match of n tokens: prior_first + prior_per_ngram * n.
     prior_first: float = attrs.field(default=0.35, validator=_fraction)
     prior_per_ngram: float = attrs.field(default=0.1, validator=_fraction)
-    # Prior verify cost of k drafts relative to a plain step: 1 + cost_jump + cost_per_token * k (2-core CPU
-    # measurements); replaced online by measured step times.
-    cost_jump: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
-    cost_per_token: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
+    # Verify cost of k drafts relative to a plain step: 1 + cost_jump + cost_per_token * k. Defaults: SmolLM2-135M
+    # on 2 CPU cores with specdecode's few-rows verify kernel (see `specdecode tune` to measure yours).
+    cost_jump: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
+    cost_per_token: float = attrs.field(default=0.09, validator=attrs.validators.ge(0.0))
 
 
 class NgramIndex:
@@ -79,18 +78,16 @@ class AcceptanceModel:
 
     * first-token acceptance per match length n, as a Beta posterior seeded by the prior;
     * acceptance of each later token given the previous one was accepted (pooled: copying tends to continue);
-    * the cost of a verify step with k drafts relative to a plain step, from measured step times.
+    * the cost of a verify step with k drafts relative to a plain step, from the options' cost curve.
     """
 
     PRIOR_WEIGHT = 2.0  # pseudo-observations behind each prior
     DECAY = 0.98  # older evidence fades, so estimates follow the text's current regime
-    COST_EMA = 0.2
 
     def __init__(self, options: NgramOptions, max_n: int, max_k: int):
         self.options = options
         self.first = {n: [self._prior_first(n) * self.PRIOR_WEIGHT, self.PRIOR_WEIGHT] for n in range(1, max_n + 1)}
         self.later = [0.8 * self.PRIOR_WEIGHT, self.PRIOR_WEIGHT]
-        self.step_time: dict[int, float] = {}
         self.max_k = max_k
         self.skipped = 0
 
@@ -99,10 +96,6 @@ class AcceptanceModel:
 
     def cost(self, k: int) -> float:
         """Verify cost with k drafts relative to a plain step."""
-        plain = self.step_time.get(0)
-        measured = self.step_time.get(k)
-        if plain and measured:
-            return max(measured / plain, 1.0)
         if k == 0:
             return 1.0
         return 1.0 + self.options.cost_jump + self.options.cost_per_token * k
@@ -140,10 +133,6 @@ class AcceptanceModel:
         self.later[0] = self.later[0] * self.DECAY + max(accepted - 1, 0)
         self.later[1] = self.later[1] * self.DECAY + reached
 
-    def record_time(self, k: int, seconds: float) -> None:
-        old = self.step_time.get(k)
-        self.step_time[k] = seconds if old is None else (1 - self.COST_EMA) * old + self.COST_EMA * seconds
-
 
 class NgramProposer(PerSequenceProposer):
     def __init__(self, min_n: int, max_n: int, options: NgramOptions | None = None, max_k: int = 5):
@@ -153,8 +142,6 @@ class NgramProposer(PerSequenceProposer):
         self.indexes: dict[int, NgramIndex] = {}
         self.model = AcceptanceModel(self.options, max_n, max_k)
         self.pending: dict[int, tuple[int, int]] = {}  # sequence -> (match length, drafted) of its current draft
-        self.proposed_at: float | None = None
-        self.proposed_k = 0
 
     def start(self, context: StartContext) -> None:
         self.indexes = {}
@@ -172,18 +159,9 @@ class NgramProposer(PerSequenceProposer):
         self.pending[index] = (n if draft else 0, len(draft))
         return torch.tensor(draft, dtype=torch.long)
 
-    def propose(self, request):
-        proposal = super().propose(request)
-        self.proposed_k = proposal.num_tokens
-        self.proposed_at = time.perf_counter()
-        return proposal
-
     def on_verified(self, result: VerifyResult) -> None:
-        if not self.options.adaptive or self.proposed_at is None:
-            return  # also a step the loop ran without asking us (no draft budget left)
-        # Time from handing over the drafts to hearing back: the verify forward plus acceptance.
-        self.model.record_time(self.proposed_k, time.perf_counter() - self.proposed_at)
-        self.proposed_at = None
+        if not self.options.adaptive:
+            return
         for b, (n, drafted) in self.pending.items():
             if b < len(result.num_accepted_list):
                 self.model.record(n, drafted, result.num_accepted_list[b])

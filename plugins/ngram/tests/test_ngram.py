@@ -77,18 +77,21 @@ def test_adaptive_model_backs_off_after_rejections_and_returns_after_acceptances
     assert model.best_k(3, 5) == 5
 
 
-def test_measured_costs_replace_the_prior():
+def test_the_cost_curve_decides_whether_a_coin_flip_is_worth_drafting():
     from specdecode_ngram import AcceptanceModel, NgramOptions
 
-    model = AcceptanceModel(NgramOptions(), max_n=2, max_k=5)
-    for _ in range(40):
-        model.record(1, drafted=1, accepted=0)
-        model.record(1, drafted=1, accepted=1)  # first-token acceptance about one half
-    assert model.cost(1) == 1.55
-    model.record_time(0, 0.070)
-    model.record_time(1, 0.070)  # a verify of 2 tokens as cheap as 1 (as on a GPU)
-    assert model.cost(1) == 1.0
-    assert model.best_k(1, 1) == 1  # at no extra cost even a coin flip is worth drafting
+    def trained(options):
+        model = AcceptanceModel(options, max_n=2, max_k=5)
+        for _ in range(40):
+            model.record(1, drafted=1, accepted=0)
+            model.record(1, drafted=1, accepted=1)  # first-token acceptance about one half
+        return model
+
+    expensive = trained(NgramOptions(cost_jump=0.6, cost_per_token=0.0))  # a verify step costs 1.6 plain steps
+    assert expensive.cost(1) == pytest.approx(1.6)
+    assert expensive.best_k(1, 1) == 0
+    cheap = trained(NgramOptions(cost_jump=0.0, cost_per_token=0.0))  # as cheap as a plain step (GPU-like)
+    assert cheap.best_k(1, 1) == 1
 
 
 def test_bad_options_are_named():
