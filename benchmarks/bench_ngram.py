@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import specdecode
+import torch
 from specdecode.models import load_model
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
@@ -42,9 +41,9 @@ def load_prompts(path: Path, per_category: int, categories: list[str]) -> list[t
     return [(c, p) for c in categories for p in out[c]]
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             calib = [p for c in categories for p in [q for cc, q in prompts if cc == c][: args.calibration]]
             speed = {}
             for setting in HF_SETTINGS:
-                total_time = sum(timed(lambda: hf_lookup(encode(p), *setting))[1] for p in calib)
+                total_time = sum(timed(hf_lookup, encode(p), *setting)[1] for p in calib)
                 speed[setting] = total_time
                 print(f"calibration: HF prompt lookup K={setting[0]} ngram={setting[1]}: {total_time:.1f}s", file=sys.stderr)
             best = min(speed, key=speed.get)
@@ -161,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i, (category, text) in enumerate(prompts):
             ids = encode(text)
-            ref, t_plain = timed(lambda: plain(ids))
-            out, t_ours = timed(lambda: specdecode.generate(model, ids, config, max_new_tokens=n))
-            hf, t_hf = timed(lambda: hf_lookup(ids, *best))
+            ref, t_plain = timed(plain, ids)
+            out, t_ours = timed(specdecode.generate, model, ids, config, max_new_tokens=n)
+            hf, t_hf = timed(hf_lookup, ids, *best)
             new = ref.shape[1] - ids.shape[1]
             stats = out.stats
             ref_new = ref[0, ids.shape[1] :].tolist()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 import specdecode
+import torch
 from specdecode.testing import tiny_llama
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

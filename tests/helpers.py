@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 import specdecode
-from specdecode import Proposal, ProposeRequest, Proposer, ProposerSpec
+import torch
+from specdecode import Proposal, Proposer, ProposeRequest, ProposerSpec
 
 
 class OracleProposer(Proposer):

@@ -2,7 +2,6 @@ import json
 
 import attrs
 import pytest
-
 import specdecode
 from specdecode import ConfigError, ProposerSpec, SpeculativeConfig, UnknownMethodError
 

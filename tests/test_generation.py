@@ -1,9 +1,8 @@
 """The verify loop end to end on tiny random models: greedy equality, stops, streaming, sampling distribution."""
 
 import pytest
-import torch
-
 import specdecode
+import torch
 from specdecode import SpeculativeConfig
 from specdecode.testing import repetitive_prompts
 

@@ -2,7 +2,6 @@ import textwrap
 import warnings
 
 import pytest
-
 import specdecode
 from specdecode import PluginError, ProposerSpec
 from specdecode.registry import _Registry

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from specdecode import SamplingParams
 from specdecode.sampling import greedy_accept, rejection_sample, typical_accept, warp_logits, warp_probs
 

@@ -14,8 +14,8 @@ from .hookspecs import hookimpl, hookspec
 from .proposer import (
     PerSequenceProposer,
     Proposal,
-    ProposeRequest,
     Proposer,
+    ProposeRequest,
     SamplingParams,
     StartContext,
     VerifyResult,

@@ -26,8 +26,8 @@ import torch
 from . import sampling
 from .batching import CacheSlots, RightAlignedTokens, check_left_padded
 from .config import SpeculativeConfig
-from .kernels import FEW_ROWS_LINEAR, few_rows_linear
 from .errors import ConfigError, SpecDecodeError, invalid
+from .kernels import FEW_ROWS_LINEAR, few_rows_linear
 from .proposer import Proposal, Proposer, ProposeRequest, SamplingParams, StartContext, VerifyResult
 from .registry import get_method
 from .schedules import StepOutcome, make_schedule

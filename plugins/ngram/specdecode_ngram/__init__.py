@@ -14,9 +14,8 @@ Decisions depend only on the tokens seen, never on timings, so seeded sampling s
 from __future__ import annotations
 
 import attrs
-import torch
-
 import specdecode
+import torch
 from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
 from specdecode.errors import invalid
 

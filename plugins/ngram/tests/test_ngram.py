@@ -1,9 +1,8 @@
 import random
 
 import pytest
-import torch
-
 import specdecode
+import torch
 from specdecode_ngram import NgramIndex, NgramProposer
 
 
