@@ -9,7 +9,7 @@ Methods come from plugins (``specdecode.proposers`` entry points); :func:`availa
 
 from .config import SpeculativeConfig
 from .errors import ConfigError, PluginError, SpecDecodeError, UnknownMethodError
-from .generation import GenerateOutput, build_proposer, generate
+from .generation import GenerateOutput, build_proposer, cache_kwarg_name, generate
 from .hookspecs import hookimpl, hookspec
 from .proposer import (
     PerSequenceProposer,
@@ -56,6 +56,7 @@ __all__ = [
     "__version__",
     "available_methods",
     "build_proposer",
+    "cache_kwarg_name",
     "generate",
     "get_method",
     "get_plugin_manager",

@@ -21,6 +21,7 @@ import attrs
 
 from .config import SpeculativeConfig
 from .errors import ConfigError
+from .plotting import pyplot
 from .stats import GenerationStats
 
 PLAIN = "plain generate"
@@ -399,14 +400,7 @@ def identity_verdict(result: BenchResult) -> str:
 
 def plot(result: BenchResult, path: str | Path) -> Path:
     """Speedup per category (bars per variant) and acceptance per draft position (a line per variant)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError(
-            "--plot needs matplotlib; install it with: pip install 'specdecode[plot]'", field="plot", value=str(path)
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
 
     summaries = [s for s in result.summaries() if s.key != PLAIN]
     categories = sorted({c for s in summaries for c in s.speedup_by_category})

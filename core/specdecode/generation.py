@@ -203,7 +203,7 @@ class _Loop:
         self.stats = GenerationStats(num_sequences=len(max_new))
         self.sequence_stats = [self.stats] if len(max_new) == 1 else [GenerationStats() for _ in max_new]
         self.schedule = make_schedule(config.speculation_schedule, config.num_speculative_tokens)
-        self.cache_kwarg = _cache_kwarg_name(model)
+        self.cache_kwarg = cache_kwarg_name(model)
 
     def forward(self, ids, cache, want_hidden, logits_to_keep=0, attention_mask=None, position_ids=None):
         """One target forward pass over ``ids`` [R, n] appended to ``cache``."""
@@ -613,7 +613,7 @@ def _new_cache(model: Any) -> Any:
     return DynamicCache(config=model.config)
 
 
-def _cache_kwarg_name(model: Any) -> str:
+def cache_kwarg_name(model: Any) -> str:
     """transformers renamed ``past_key_values`` to ``cache``; use whichever this model's forward takes."""
     try:
         params = inspect.signature(model.forward).parameters

@@ -29,6 +29,7 @@ import attrs
 from .bench import PLAIN, BenchResult, PromptRecord, Variant, run_bench
 from .config import SpeculativeConfig
 from .errors import ConfigError
+from .plotting import pyplot
 
 DEFAULT_K_VALUES = (1, 2, 3, 4, 5, 6, 8)
 DEFAULT_WINDOWS = ((1, 3), (2, 4), (3, 5))
@@ -254,14 +255,7 @@ def format_report(result: TuneResult) -> str:
 
 def plot(result: TuneResult, path: str | Path) -> Path:
     """Verify-cost curve on the left; predicted and measured speedup per setting on the right."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError(
-            "--plot needs matplotlib; install it with: pip install 'specdecode[plot]'", field="plot", value=str(path)
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     ns = list(result.costs.seconds)

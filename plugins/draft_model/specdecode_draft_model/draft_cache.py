@@ -8,20 +8,11 @@ are fed in one pass.
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
 import torch
-
-
-def cache_kwarg_name(model: Any) -> str:
-    """transformers renamed ``past_key_values`` to ``cache``; use whichever this model's forward takes."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+from specdecode import cache_kwarg_name
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
