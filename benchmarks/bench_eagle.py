@@ -7,6 +7,9 @@ Prompts: Spec-Bench questions with question_id % 4 == 0 (never used to train the
 specdecode_eagle/data.py), first turn, in the chat template, the first N of each of the six categories
 (mt_bench = question_id 81-160). Greedy decoding, batch size 1.
 
+The proposer's back-off is on (the default: each step drafts only as deep as the head's calibrated confidence pays
+for, possibly nothing); ``--no-backoff`` drafts exactly K every step, which measures the head's raw acceptance.
+
 Reported per category and K: mean acceptance length (vLLM's definition: 1 + accepted / drafting steps) and speedup
 = plain generate's wall time / EAGLE's wall time for the same prompts and tokens (plain = transformers
 ``model.generate(do_sample=False)``; every EAGLE output is also checked to be identical to it). The plain and EAGLE
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="3,5,7", help="comma-separated speculation depths")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--questions", default=None, help="Spec-Bench question file (default: ../shared/data)")
+    parser.add_argument("--backoff", action=argparse.BooleanOptionalAction, default=True,
+                        help="the proposer's back-off (default on); --no-backoff drafts exactly K every step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up so the first timed run does not pay for lazy initialisation.
     warm = prompts[0][1]
     model.generate(warm, max_new_tokens=4, do_sample=False)
-    specdecode.generate(model, warm, {"method": "eagle", "model": args.head} if args.head else {"method": "eagle"},
-                        max_new_tokens=4, do_sample=False)
+    options = {"adaptive": args.backoff}
+    warm_config = {"method": "eagle", "method_options": options, **({"model": args.head} if args.head else {})}
+    specdecode.generate(model, warm, warm_config, max_new_tokens=4, do_sample=False)
 
     rows = {c: {"plain_s": 0.0, "tokens": 0, **{k: {"s": 0.0, "stats": None} for k in ks}} for c in categories}
     mismatches = 0
@@ -108,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         row["plain_s"] += seconds
         row["tokens"] += plain.shape[1] - ids.shape[1]
         for k in ks:
-            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k, draft_model=args.head)
+            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k, draft_model=args.head,
+                                                  method_options=options)
             out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
                 model, ids, config, max_new_tokens=args.max_new_tokens, do_sample=False))
             mismatches += int(not torch.equal(out.sequences, plain))
             row[k]["s"] += seconds
             row[k]["stats"] = out.stats if row[k]["stats"] is None else row[k]["stats"].merge(out.stats)
         print(f"  q{question.question_id} {question.category}: " + ", ".join(
-            f"K={k} tau {row[k]['stats'].mean_acceptance_length:.2f}" for k in ks), file=sys.stderr)
+            f"K={k} tau {row[k]['stats'].mean_acceptance_length:.2f} drafting "
+            f"{row[k]['stats'].drafting_steps}/{row[k]['stats'].steps} steps" for k in ks), file=sys.stderr)
 
     cost = draft_step_cost(model, drafter, prompts[0][1], repeats=20)
     header = "| category | " + " | ".join(f"mean acc. len K={k}" for k in ks) + " | " + " | ".join(

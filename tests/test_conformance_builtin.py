@@ -64,12 +64,26 @@ SETUPS: dict[str, dict | list[dict]] = {
         "bad_options": [{"draft_p_min": 1.5}, {"draft_p_min": "high"}],
     },
     "layer_skip": {"bad_options": [{"num_layers": 0}, {"draft_p_min": -0.1}]},
-    "eagle": {
-        "config": lambda target: {
-            "draft_model": _eagle_head_for(target.config.vocab_size, target.config.hidden_size)
+    "eagle": [
+        # The back-off (on by default) learns from the acceptance history, and it rightly backs off a random head
+        # to no drafts at the default costs: cheaper costs and a confident prior keep it drafting (and rejecting).
+        {
+            "config": lambda target: {
+                "draft_model": _eagle_head_for(target.config.vocab_size, target.config.hidden_size)
+            },
+            "options": {"confidence_prior": 2.0, "cost_jump": 0.0, "cost_per_token": 0.02, "draft_cost": 0.0},
+            "history_only": False,
+            "bad_options": [{"head": 3}, {"use_draft_vocab": "yes"}, {"adaptive": "yes"}, {"draft_cost": -1},
+                            {"confidence_prior": 0}, {"max_skip": 1.5}],
         },
-        "bad_options": [{"head": 3}, {"use_draft_vocab": "yes"}],
-    },
+        {
+            "label": "eagle-fixed-k",
+            "config": lambda target: {
+                "draft_model": _eagle_head_for(target.config.vocab_size, target.config.hidden_size)
+            },
+            "options": {"adaptive": False},
+        },
+    ],
 }
 # method name -> why it cannot run on tiny random models (keep this empty if at all possible)
 CANNOT_RUN: dict[str, str] = {}

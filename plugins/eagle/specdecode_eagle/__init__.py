@@ -41,6 +41,36 @@ def _optional_path(field: str):
     return check
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _non_negative(field: str):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not _number(value) or value < 0:
+            raise ConfigError(f"'{field}' must be a number >= 0 (got {value!r})", field=field, value=value)
+
+    return check
+
+
+def _ratio(field: str):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is not None and (not _number(value) or not 0.0 < value <= 2.0):
+            raise ConfigError(
+                f"'{field}' must be a number in (0, 2] or null (got {value!r})", field=field, value=value
+            )
+
+    return check
+
+
+def _count(field: str):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"'{field}' must be an integer >= 0 (got {value!r})", field=field, value=value)
+
+    return check
+
+
 @attrs.frozen(kw_only=True)
 class EagleOptions:
     """Options of ``method="eagle"``.
@@ -48,10 +78,25 @@ class EagleOptions:
     ``head``: directory of a draft head (specdecode-eagle or EAGLE authors' format); the config's ``draft_model``
     is accepted too. ``use_draft_vocab``: score only the head's draft vocabulary when it has one (faster drafts);
     False scores the full vocabulary.
+
+    Back-off (see specdecode_eagle/proposer.py): with ``adaptive`` (the default) each step drafts only as deep as
+    the head's calibrated confidence says pays for itself, possibly nothing, and a head whose drafts keep failing is
+    run less and less often (at most every ``max_skip`` + 1 steps). ``adaptive=False`` drafts exactly K tokens
+    every step (for measuring raw acceptance). Costs are relative to one plain decode step of the target: a draft
+    step costs ``draft_cost``, a verify pass over k drafts ``1 + cost_jump + cost_per_token * k`` (the ngram
+    method's cost curve; defaults measured on SmolLM2-135M, 2 CPU cores). ``confidence_prior``: the acceptance
+    chance per unit of head confidence assumed before this generation's verify results correct it (None: the
+    ratios train-eagle measured for the head, stored in its eagle_head.json; 0.7 for a head without them).
     """
 
     head: str | None = attrs.field(default=None, validator=_optional_path("method_options.head"))
     use_draft_vocab: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    draft_cost: float = attrs.field(default=0.08, validator=_non_negative("method_options.draft_cost"))
+    cost_jump: float = attrs.field(default=0.05, validator=_non_negative("method_options.cost_jump"))
+    cost_per_token: float = attrs.field(default=0.09, validator=_non_negative("method_options.cost_per_token"))
+    confidence_prior: float | None = attrs.field(default=None, validator=_ratio("method_options.confidence_prior"))
+    max_skip: int = attrs.field(default=16, validator=_count("method_options.max_skip"))
 
 
 def default_head_path(target: Any) -> Path:
@@ -88,7 +133,11 @@ def load_drafter(target: Any, head_path: str | os.PathLike | None = None, use_dr
         check_fits_target(checkpoint, target)
         head = checkpoint.head.to(target.get_input_embeddings().weight.device)
         vocab = checkpoint.draft_vocab if use_draft_vocab else None
-        per_target[key] = EagleDrafter(head, target, vocab)
+        drafter = EagleDrafter(head, target, vocab)
+        ratios = (checkpoint.meta.get("calibration") or {}).get("ratio_per_position")
+        if ratios and (use_draft_vocab or checkpoint.draft_vocab is None):  # measured over this vocabulary
+            drafter.calibration = [float(r) for r in ratios]
+        per_target[key] = drafter
     return per_target[key]
 
 
@@ -110,7 +159,8 @@ def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOpt
             field="method_options.head",
             value=head,
         )
-    return EagleProposer(load_drafter(model, head if head is not None else draft, options.use_draft_vocab))
+    drafter = load_drafter(model, head if head is not None else draft, options.use_draft_vocab)
+    return EagleProposer(drafter, options)
 
 
 @specdecode.hookimpl

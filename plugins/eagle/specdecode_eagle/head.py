@@ -109,16 +109,18 @@ class EagleHead(nn.Module):
         position_ids: torch.Tensor,
         cache: Any = None,
         attention_mask: torch.Tensor | None = None,
+        full_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """inputs_embeds = embed(x_{j+1}) and hidden_states = f_j, both [B, n, H] -> predicted f_{j+1} [B, n, H].
 
         ``cache`` (a transformers DynamicCache) holds earlier positions; ``attention_mask`` [B, n] marks real
-        tokens (1) and right padding (0) in training batches.
+        tokens (1) and right padding (0) in training batches. ``full_mask`` [B|1, 1, n, past+n] (True = may attend)
+        replaces the causal mask (training unrolled draft steps).
         """
         x = self.fc(torch.cat([inputs_embeds, hidden_states.to(inputs_embeds.dtype)], dim=-1))
         position_embeddings = self.rotary(x, position_ids)
         past = cache.get_seq_length() if cache is not None else 0
-        mask = _causal_mask(x.shape[1], past, attention_mask, x.device)
+        mask = full_mask if full_mask is not None else _causal_mask(x.shape[1], past, attention_mask, x.device)
         return self.layers[0](
             x,
             attention_mask=mask,
@@ -163,6 +165,9 @@ class EagleDrafter:
             bias = None if bias is None else bias.detach().index_select(0, self.draft_vocab)
         self.lm_weight, self.lm_bias = weight, bias
         self.vocab_size = int(lm_head.weight.shape[0])
+        # Acceptance per unit of confidence per draft position, measured when the head was trained (or None);
+        # the proposer's back-off starts from it.
+        self.calibration: list[float] | None = None
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache

@@ -10,9 +10,33 @@ distribution of x_{m+1}. A step then:
 * on_verified: the target read [x_m, d_1..d_k] and returned f_m..f_{m+k}; n drafts were accepted and x_{m+n+1} is
   the corrected or bonus token. Drop the speculative positions, then run positions m..m+n on the real features
   f_m..f_{m+n} with tokens x_{m+1}..x_{m+n+1}: one head pass of n+1 positions, and the next step's d_1.
+
+The real-feature passes are queued and run only when a draft is wanted (``_catch_up``), so steps that skip the head
+cost nothing, and a catch-up after skipped steps is one head pass over all their positions.
+
+Back-off (``EagleOptions.adaptive``, on by default). Speculation has to pay for itself, so a step drafts only while
+the expected gain beats the cost:
+
+* every draft's *confidence* is the head's probability of its most likely token (greedy: the probability of the
+  draft itself). Under sampling it is the max of q too, a property of the distribution, never of the drawn token:
+  deciding whether to keep a draft from its own value would bias the drafts away from q and make rejection sampling
+  lossy. A :class:`Calibration` maps confidence to an acceptance estimate a_i (the head is over-confident, and more
+  so deeper in the chain), learnt from the verify results of this generation.
+* s_i = a_1 ... a_i estimates the chance that drafts 1..i all survive; a step with drafts 1..k emits
+  1 + s_1 + ... + s_k tokens in expectation and costs (relative to a plain decode step)
+  1 + cost_jump + cost_per_token * k + draft_cost * (k - 1). Draft i is kept while its s_i per unit of added verify
+  cost beats the step's current tokens per cost, and the next one is computed only while its expected gain would
+  also pay for a draft step (Leviathan et al.'s expected speedup, decided one draft at a time).
+* a step where even d_1 does not pay drafts nothing (a plain decode step). After two such steps in a row the head
+  is not even run for the next 1, 2, 4, ... ``max_skip`` steps (their features are queued), and every 8th such
+  probe drafts one token anyway, so a pessimistic calibration can recover.
+
+Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from specdecode import ConfigError, Proposal, Proposer, ProposeRequest, StartContext, VerifyResult
@@ -21,16 +45,90 @@ from specdecode.sampling import sample, warp_probs
 from .head import EagleDrafter
 
 
+class Calibration:
+    """Running map from a draft's confidence to its acceptance chance, given the drafts before it were accepted.
+
+    Predicted acceptance = confidence x ratio, where ratio = observed acceptances / summed confidence over the drafts
+    that were reached (their predecessors accepted). Ratios are kept per position class (first, second, third and
+    later drafts) and, within each, per confidence bucket; a bucket's ratio starts from its position's ratio, which
+    starts from ``prior`` (one ratio, or one per position class: ``EagleOptions.confidence_prior``, else what the
+    head's training measured, else DEFAULT_PRIOR). Evidence is capped per cell, so old steps fade and the estimate
+    follows the text.
+    """
+
+    DEFAULT_PRIOR = 0.7
+
+    EDGES = (0.2, 0.4, 0.6, 0.8)  # confidence buckets: [0, .2), [.2, .4), ..., [.8, 1]
+    POSITIONS = 3
+    POSITION_PRIOR_WEIGHT = 2.0  # in units of summed confidence
+    BUCKET_PRIOR_WEIGHT = 1.0
+    CAP = 24.0  # summed confidence kept per cell
+    MAX_ACCEPTANCE = 0.98
+
+    def __init__(self, prior: float | Sequence[float]):
+        w = self.POSITION_PRIOR_WEIGHT
+        priors = [float(prior)] * self.POSITIONS if isinstance(prior, (int, float)) else [float(p) for p in prior]
+        priors = (priors + priors[-1:] * self.POSITIONS)[: self.POSITIONS]
+        self.position = [[p * w, w] for p in priors]  # [accepted, summed confidence] per position class
+        self.bucket = [[[0.0, 0.0] for _ in range(len(self.EDGES) + 1)] for _ in range(self.POSITIONS)]
+
+    def _cells(self, index: int, confidence: float) -> tuple[list[float], list[float]]:
+        p = min(index, self.POSITIONS - 1)
+        b = sum(confidence >= edge for edge in self.EDGES)
+        return self.position[p], self.bucket[p][b]
+
+    def predict(self, index: int, confidence: float) -> float:
+        """Estimated chance that draft ``index`` (0-based) is accepted, given drafts 0..index-1 were."""
+        position, bucket = self._cells(index, confidence)
+        ratio = (bucket[0] + self.BUCKET_PRIOR_WEIGHT * position[0] / position[1]) / (
+            bucket[1] + self.BUCKET_PRIOR_WEIGHT
+        )
+        return min(confidence * ratio, self.MAX_ACCEPTANCE)
+
+    def observe(self, index: int, confidence: float, accepted: bool) -> None:
+        for cell in self._cells(index, confidence):
+            cell[0] += 1.0 if accepted else 0.0
+            cell[1] += confidence
+            if cell[1] > self.CAP:
+                scale = self.CAP / cell[1]
+                cell[0] *= scale
+                cell[1] *= scale
+
+
 class EagleProposer(Proposer):
     needs_hidden_states = True
     supports_batch = False  # one head cache per generation; specdecode.generate runs batch size 1
 
-    def __init__(self, drafter: EagleDrafter):
+    EXPLORE_EVERY = 8  # consecutive no-draft probes after which one draft is proposed anyway
+    RATE_MARGIN = 1.02  # a draft must beat the current rate by 2%, so estimation noise does not buy expensive steps
+
+    def __init__(self, drafter: EagleDrafter, options=None):
+        from . import EagleOptions
+
         self.drafter = drafter
+        self.options = options if options is not None else EagleOptions()
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
         self.next_logits: torch.Tensor | None = None  # [1, V'] draft scores of x_{m+1}
         self.next_feature: torch.Tensor | None = None  # [1, 1, H] predicted f_m
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued (hidden [1, n, H], tokens [1, n])
+        prior = self.options.confidence_prior
+        if prior is None:  # what the head's training measured (train-eagle's validation), else the default
+            prior = getattr(self.drafter, "calibration", None) or Calibration.DEFAULT_PRIOR
+        self.calibration = Calibration(prior)
+        # Uncapped tallies per position class: [accepted, summed confidence, drafts reached] (train-eagle stores
+        # their ratios with the head as its calibration prior).
+        self.tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
+        self.confidences: list[float] = []  # confidence of each draft of the current step
+        self.idle = 0  # consecutive probes that drafted nothing
+        self.skip_left = 0  # steps left in which the head is not run
+        self.forced = False  # this step's d_1 was drafted only to explore
+        # Counters for benchmarks and tests.
+        self.probes = 0  # steps that ran the head to decide
+        self.skipped = 0  # steps that did not run the head at all
 
     def start(self, context: StartContext) -> None:
         ids, hidden = context.input_ids, context.hidden_states  # [1, T], [1, T-1, H]
@@ -50,17 +148,48 @@ class EagleProposer(Proposer):
             )
         self.cache = self.drafter.new_cache()
         self.committed = 0
-        with torch.inference_mode():
-            self._advance(hidden, ids[:, 1:])
+        self.next_logits = self.next_feature = None
+        self._reset()
+        self.pending.append((hidden, ids[:, 1:]))
 
-    def _advance(self, hidden: torch.Tensor, next_tokens: torch.Tensor) -> None:
-        """Append real-feature positions committed..committed+n-1 and keep the last one's prediction."""
-        features = self.drafter.features(hidden, next_tokens, self.committed, self.cache)  # [1, n, H]
-        self.committed += next_tokens.shape[1]
-        self.next_feature = features[:, -1:]
-        self.next_logits = self.drafter.logits(self.next_feature[:, -1])
+    def _catch_up(self) -> None:
+        """Run the queued real-feature positions (one head pass) and keep the last one's prediction."""
+        if not self.pending:
+            return
+        if len(self.pending) == 1:
+            hidden, tokens = self.pending[0]
+        else:
+            hidden = torch.cat([h for h, _ in self.pending], dim=1)
+            tokens = torch.cat([t for _, t in self.pending], dim=1)
+        self.pending = []
+        with torch.inference_mode():
+            features = self.drafter.features(hidden, tokens, self.committed, self.cache)  # [1, n, H]
+            self.committed += tokens.shape[1]
+            self.next_feature = features[:, -1:]
+            self.next_logits = self.drafter.logits(self.next_feature[:, -1])
 
     def propose(self, request: ProposeRequest) -> Proposal:
+        self.confidences = []
+        if not self.options.adaptive:
+            self._catch_up()
+            return self._draft_fixed(request)
+        if self.skip_left > 0:
+            self.skip_left -= 1
+            self.skipped += 1
+            return Proposal.empty(1, request.input_ids.device)
+        self._catch_up()
+        self.probes += 1
+        self.forced = False
+        proposal = self._draft_adaptive(request, explore=(self.idle + 1) % self.EXPLORE_EVERY == 0)
+        if proposal.num_tokens == 0 or self.forced:  # a forced exploring draft does not end the back-off
+            self.idle += 1
+            self.skip_left = 0 if self.idle < 2 else min(2 ** (self.idle - 2), self.options.max_skip)
+        else:
+            self.idle = 0
+        return proposal
+
+    def _draft_fixed(self, request: ProposeRequest) -> Proposal:
+        """Exactly ``request.num_tokens`` drafts (back-off off)."""
         k = request.num_tokens
         drafter, sampling = self.drafter, request.sampling
         tokens: list[torch.Tensor] = []
@@ -69,27 +198,81 @@ class EagleProposer(Proposer):
         with torch.inference_mode():
             for i in range(k):
                 if sampling.greedy:
-                    token = drafter.to_token_ids(logits.argmax(dim=-1))  # [1]
+                    q = logits.float().softmax(dim=-1)
+                    token = drafter.to_token_ids(q.argmax(dim=-1))  # [1]
                 else:
                     q = warp_probs(logits, sampling)  # [1, V'], the exact distribution the draft is drawn from
                     token = drafter.to_token_ids(sample(q, request.generator))
                     probs.append(drafter.to_full_vocab(q))
+                self.confidences.append(float(q.max()))  # only to calibrate: the back-off may be turned on later
                 tokens.append(token)
                 if i + 1 < k:
                     feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
                     logits = drafter.logits(feature[:, -1])
+        return self._proposal(tokens, probs, request)
+
+    def _draft_adaptive(self, request: ProposeRequest, explore: bool = False) -> Proposal:
+        """As many drafts (0..num_tokens) as the cost model says pay for themselves, at least one when
+        ``explore``; see the module docstring."""
+        options, calibration = self.options, self.calibration
+        drafter, sampling = self.drafter, request.sampling
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        feature, logits = self.next_feature, self.next_logits
+        expected, cost, survive = 1.0, 1.0, 1.0  # tokens and cost of the step planned so far; P(all kept survive)
+        with torch.inference_mode():
+            for i in range(request.num_tokens):
+                # The decision to keep draft i uses its distribution only (see the module docstring).
+                q = logits.float().softmax(dim=-1) if sampling.greedy else warp_probs(logits, sampling)  # [1, V']
+                confidence = float(q.max())
+                gain = survive * calibration.predict(i, confidence)
+                added = options.cost_per_token + (options.cost_jump if i == 0 else 0.0)
+                if gain * cost <= self.RATE_MARGIN * expected * added:
+                    if not (explore and i == 0):
+                        break
+                    self.forced = True  # d_1 does not pay, but one draft now and then keeps the calibration honest
+                if sampling.greedy:
+                    token = drafter.to_token_ids(q.argmax(dim=-1))
+                else:
+                    token = drafter.to_token_ids(sample(q, request.generator))
+                    probs.append(drafter.to_full_vocab(q))
+                tokens.append(token)
+                self.confidences.append(confidence)
+                expected, cost, survive = expected + gain, cost + added, gain
+                if i + 1 == request.num_tokens:
+                    break
+                # One more draft step pays only if the next draft, at a similar confidence, would be kept.
+                next_gain = survive * calibration.predict(i + 1, confidence)
+                if next_gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + options.cost_per_token):
+                    break
+                cost += options.draft_cost
+                feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
+                logits = drafter.logits(feature[:, -1])
+        return self._proposal(tokens, probs, request)
+
+    def _proposal(self, tokens: list[torch.Tensor], probs: list[torch.Tensor], request: ProposeRequest) -> Proposal:
+        if not tokens:
+            return Proposal.empty(1, request.input_ids.device)
         token_ids = torch.stack(tokens, dim=1).to(request.input_ids.device)  # [1, k]
         draft_probs = torch.stack(probs, dim=1) if probs else None  # [1, k, V]
         return Proposal(token_ids=token_ids, draft_probs=draft_probs)
 
     def on_verified(self, result: VerifyResult) -> None:
         n = result.num_accepted_list[0]
+        reached = min(n + 1, int(result.num_drafted[0]))  # drafts 0..n, of those the loop kept (it may cut some)
+        for i, confidence in enumerate(self.confidences[:reached]):
+            self.calibration.observe(i, confidence, i < n)
+            tally = self.tally[min(i, Calibration.POSITIONS - 1)]
+            tally[0] += 1.0 if i < n else 0.0
+            tally[1] += confidence
+            tally[2] += 1
+        self.confidences = []
         speculative = self.cache.get_seq_length() - self.committed
         if speculative > 0:  # crop(-n) removes n positions; crop(0) would mean something else
             self.cache.crop(-speculative)
-        with torch.inference_mode():
-            self._advance(result.hidden_states[:, : n + 1], result.input_ids[:, -(n + 1) :])
+        self.pending.append((result.hidden_states[:, : n + 1], result.input_ids[:, -(n + 1) :]))
 
     def finish(self) -> None:
         self.cache = None
         self.next_feature = self.next_logits = None
+        self.pending = []

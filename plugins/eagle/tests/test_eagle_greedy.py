@@ -4,6 +4,7 @@ import pytest
 import specdecode
 import torch
 from specdecode.testing import tiny_llama
+from specdecode_eagle import EagleOptions
 from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
 from specdecode_eagle.proposer import EagleProposer
 
@@ -21,11 +22,12 @@ def _random_head(model, seed: int = 0, **overrides) -> EagleHead:
     return head.eval()
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-k", "back-off"])
 @pytest.mark.parametrize(
     ("vocab", "k", "draft_vocab"),
     [(64, 5, None), (12, 3, None), (12, 4, list(range(0, 12, 2)))],
 )
-def test_greedy_matches_plain_generate(vocab, k, draft_vocab):
+def test_greedy_matches_plain_generate(vocab, k, draft_vocab, adaptive):
     model = tiny_llama(vocab_size=vocab, hidden_size=32, num_layers=2, seed=3)
     head = _random_head(model)
     vocab_ids = None if draft_vocab is None else torch.tensor(draft_vocab)
@@ -34,49 +36,54 @@ def test_greedy_matches_plain_generate(vocab, k, draft_vocab):
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, vocab, (1, 1 + 5 * seed), generator=g)  # a one-token prompt included
         expected = model.generate(ids, max_new_tokens=20, do_sample=False)
-        proposer = EagleProposer(EagleDrafter(head, model, vocab_ids))
+        proposer = EagleProposer(EagleDrafter(head, model, vocab_ids), EagleOptions(adaptive=adaptive))
         out = specdecode.generate(
             model, ids, {"method": "eagle", "num_speculative_tokens": k}, max_new_tokens=20, proposer=proposer
         )
         assert torch.equal(out.sequences, expected), f"prompt seed {seed}"
-        assert out.stats.drafted > 0
+        if not adaptive:  # the back-off may rightly draft nothing with a random head
+            assert out.stats.drafted > 0
         accepted += out.stats.accepted
-    if vocab == 12:
+    if vocab == 12 and not adaptive:
         assert accepted > 0  # a small vocabulary makes some drafts right, so the rollback path runs too
 
 
 class RecordingProposer(EagleProposer):
-    """Keeps (committed positions, draft logits) after every update, to compare with a full recompute."""
+    """Keeps (committed positions, draft logits, positions caught up) after every head update, to compare with a
+    full recompute."""
 
-    def __init__(self, drafter):
-        super().__init__(drafter)
+    def __init__(self, drafter, options=None):
+        super().__init__(drafter, options)
         self.records = []
 
-    def start(self, context):
-        super().start(context)
-        self.records.append((self.committed, self.next_logits.clone()))
-
-    def on_verified(self, result):
-        super().on_verified(result)
-        self.records.append((self.committed, self.next_logits.clone()))
+    def _catch_up(self):
+        caught_up = sum(t.shape[1] for _, t in self.pending)
+        super()._catch_up()
+        if caught_up:
+            self.records.append((self.committed, self.next_logits.clone(), caught_up))
 
 
-def test_incremental_head_state_matches_a_full_recompute():
-    """After every step, the kept draft logits equal a fresh head pass over the real features of the sequence:
-    this pins down the alignment of the prompt and verify-pass hidden states and the cache rollback."""
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-k", "back-off"])
+def test_incremental_head_state_matches_a_full_recompute(adaptive):
+    """After every head update, the kept draft logits equal a fresh head pass over the real features of the
+    sequence: this pins down the alignment of the prompt and verify-pass hidden states, the cache rollback, and
+    (with the back-off) the catch-up over several skipped steps in one pass."""
     model = tiny_llama(vocab_size=12, hidden_size=32, num_layers=2, seed=5)
     head = _random_head(model, seed=1)
     drafter = EagleDrafter(head, model)
-    proposer = RecordingProposer(drafter)
+    proposer = RecordingProposer(drafter, EagleOptions(adaptive=adaptive))
     ids = torch.randint(0, 12, (1, 7), generator=torch.Generator().manual_seed(0))
-    out = specdecode.generate(model, ids, {"method": "eagle", "num_speculative_tokens": 3}, max_new_tokens=30,
+    out = specdecode.generate(model, ids, {"method": "eagle", "num_speculative_tokens": 3}, max_new_tokens=60,
                               proposer=proposer)
-    assert out.stats.accepted > 0 and out.stats.accepted < out.stats.drafted  # both paths were taken
+    if adaptive:
+        assert proposer.skipped > 0 and any(n > 2 for _, _, n in proposer.records[1:])  # multi-step catch-ups ran
+    else:
+        assert out.stats.accepted > 0 and out.stats.accepted < out.stats.drafted  # both paths were taken
     seq = out.sequences
     with torch.inference_mode():
         hidden = model(input_ids=seq, output_hidden_states=True).hidden_states[-1]  # [1, N, H]
         features = drafter.features(hidden[:, :-1], seq[:, 1:], 0, None)  # position j reads (f_j, x_{j+1})
         full = drafter.logits(features)[0]  # [N-1, V]
     assert len(proposer.records) > 3
-    for committed, logits in proposer.records:
+    for committed, logits, _ in proposer.records:
         torch.testing.assert_close(logits[0], full[committed - 1], atol=1e-4, rtol=1e-4)

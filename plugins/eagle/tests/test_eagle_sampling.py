@@ -5,9 +5,10 @@ import itertools
 
 import specdecode
 import torch
-from specdecode import SamplingParams
+from specdecode import Proposal, SamplingParams
 from specdecode.sampling import warp_probs
 from specdecode.testing import tiny_llama
+from specdecode_eagle import EagleOptions
 from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
 from specdecode_eagle.proposer import EagleProposer
 
@@ -58,25 +59,25 @@ def _empirical(samples: torch.Tensor) -> torch.Tensor:
     return (counts / len(samples)).view(*([VOCAB] * NEW))
 
 
-def test_sampled_output_follows_the_target_distribution():
-    target, drafter = _setup()
-    prompt = torch.tensor([[1, 4, 2]])
-    exact = _exact_joint(target, prompt, PARAMS)
-    generator = torch.Generator().manual_seed(1234)
+def _sampled(target, prompt, make_proposer, seed=1234):
+    """DRAWS seeded generations -> (statistics of the draws, drafted, accepted, draft length of each first step)."""
+    generator = torch.Generator().manual_seed(seed)
     config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=K)
-    draws, drafted, accepted = [], 0, 0
+    draws, drafted, accepted, lengths = [], 0, 0, []
     for _ in range(DRAWS):
         out = specdecode.generate(
             target, prompt, config, max_new_tokens=NEW, do_sample=True, temperature=PARAMS.temperature,
-            top_k=PARAMS.top_k, generator=generator, proposer=EagleProposer(drafter),
+            top_k=PARAMS.top_k, generator=generator, proposer=make_proposer(),
         )
         draws.append(out.sequences[0, prompt.shape[1] :])
         drafted += out.stats.drafted
         accepted += out.stats.accepted
-    assert 0 < accepted < drafted  # both acceptance and rejection were exercised
-    spec = _statistics(_empirical(torch.stack(draws)))
+        lengths.append(out.stats.k_per_step[0])
+    return _statistics(_empirical(torch.stack(draws))), drafted, accepted, lengths
 
-    # Noise baseline: the same statistics from DRAWS plain draws of the exact distribution, 30 times.
+
+def _noise_bound(exact: torch.Tensor) -> torch.Tensor:
+    """Per statistic: mean + 4 std of its TV distance over 30 runs of DRAWS plain draws of the exact distribution."""
     flat = exact.flatten()
     g = torch.Generator().manual_seed(99)
     baseline = torch.tensor([
@@ -84,13 +85,94 @@ def test_sampled_output_follows_the_target_distribution():
                                     _statistics(exact))]
         for _ in range(30)
     ])  # [30, 4]
-    bound = baseline.mean(dim=0) + 4 * baseline.std(dim=0)
+    return baseline.mean(dim=0) + 4 * baseline.std(dim=0)
+
+
+def test_sampled_output_follows_the_target_distribution():
+    target, drafter = _setup()
+    prompt = torch.tensor([[1, 4, 2]])
+    exact = _exact_joint(target, prompt, PARAMS)
+    spec, drafted, accepted, _ = _sampled(target, prompt, lambda: EagleProposer(drafter))
+    assert 0 < accepted < drafted  # both acceptance and rejection were exercised
+    bound = _noise_bound(exact)
     for i, (s, e) in enumerate(zip(spec, _statistics(exact))):
         assert _tv(s, e) <= float(bound[i]), f"statistic {i}: TV {_tv(s, e):.4f} > noise bound {float(bound[i]):.4f}"
 
     # The test can tell distributions apart: the unwarped target (temperature 1, no top-k) fails the same bound.
     wrong = _statistics(_exact_joint(target, prompt, SamplingParams(do_sample=True)))
     assert any(_tv(s, w) > float(bound[i]) for i, (s, w) in enumerate(zip(spec, wrong)))
+
+
+class _Cache:
+    def __init__(self):
+        self.length = 0
+
+    def get_seq_length(self):
+        return self.length
+
+    def crop(self, n):
+        self.length += n
+
+
+class BranchingDrafter:
+    """A stand-in drafter whose next distribution depends only on the last token it read: after an even token it
+    splits 0.45 / 0.45 between the next two tokens (confident), after an odd one it is nearly flat. So whether the
+    back-off keeps d_2 depends on the value of d_1."""
+
+    def new_cache(self):
+        return _Cache()
+
+    def features(self, hidden, next_tokens, start, cache):
+        if cache is not None:
+            cache.length += next_tokens.shape[1]
+        return next_tokens.float().unsqueeze(-1)  # [1, n, 1]: the token read
+
+    def logits(self, features):
+        t = int(features.reshape(-1)[-1])
+        probs = torch.full((1, VOCAB), 0.1 / (VOCAB - 2))
+        if t % 2 == 0:
+            probs[0, (t + 1) % VOCAB] = probs[0, (t + 2) % VOCAB] = 0.45
+        else:
+            probs = torch.full((1, VOCAB), 1.0 / VOCAB)
+            probs[0, t] += 0.05
+        return probs.log() / PARAMS.temperature  # warping with the request's temperature gives back ~probs
+
+    def to_token_ids(self, index):
+        return index
+
+    def to_full_vocab(self, probs):
+        return probs
+
+
+class LossyProposer(EagleProposer):
+    """A wrong back-off, for the control: keeps d_1 only when the token actually drawn is even."""
+
+    def _draft_adaptive(self, request, explore=False):
+        proposal = super()._draft_adaptive(request, explore)
+        if proposal.num_tokens and int(proposal.token_ids[0, 0]) % 2 == 1:
+            self.confidences = []
+            return Proposal.empty(1)
+        return proposal
+
+
+def test_backoff_whose_depth_depends_on_earlier_drafts_stays_lossless():
+    """The back-off decides whether to keep draft i from the draft distributions, which depend on the drafts before
+    it, never from draft i's own value. Such prefix-dependent chain lengths keep sampling exact; deciding from the
+    drawn value does not (the control)."""
+    target, _ = _setup()
+    prompt = torch.tensor([[1, 4, 2]])
+    options = EagleOptions(confidence_prior=1.0, cost_jump=0.0, cost_per_token=0.1, draft_cost=0.0)
+    exact = _statistics(_exact_joint(target, prompt, PARAMS))
+    bound = _noise_bound(_exact_joint(target, prompt, PARAMS))
+    spec, drafted, accepted, lengths = _sampled(target, prompt, lambda: EagleProposer(BranchingDrafter(), options))
+    assert 0 < accepted < drafted
+    # The first step's depth really varies (K = 3, NEW = 4: at most 2 drafts fit).
+    assert lengths.count(1) > 0.1 * DRAWS and lengths.count(2) > 0.05 * DRAWS, (lengths.count(1), lengths.count(2))
+    for i, (s, e) in enumerate(zip(spec, exact)):
+        assert _tv(s, e) <= float(bound[i]), f"statistic {i}: TV {_tv(s, e):.4f} > noise bound {float(bound[i]):.4f}"
+
+    lossy, *_ = _sampled(target, prompt, lambda: LossyProposer(BranchingDrafter(), options))
+    assert any(_tv(s, e) > float(bound[i]) for i, (s, e) in enumerate(zip(lossy, exact)))
 
 
 def _unflatten(index: torch.Tensor) -> torch.Tensor:

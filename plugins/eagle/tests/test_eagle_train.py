@@ -22,7 +22,7 @@ def _samples(target):
 def test_collected_states_match_an_unpadded_forward():
     target = tiny_llama(vocab_size=VOCAB, hidden_size=32, num_layers=2, seed=6)
     prompts, samples = _samples(target)
-    assert [s.prompt_length for s in samples] == sorted(len(p) for p in prompts)  # shortest first
+    assert [s.prompt_length for s in samples] == [len(p) for p in prompts]  # in the prompts' order
     for s in samples:
         assert s.hidden.shape == (len(s.tokens), 32)
         with torch.no_grad():
@@ -61,3 +61,37 @@ def test_round_robin_covers_every_category_and_the_cli_parses():
     add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--minutes", "2"])
     assert args.target == "smollm2-135m" and args.minutes == 2.0
+
+
+def test_unrolled_steps_match_chained_drafting():
+    """Trainer step s at position p is what the head computes when it drafts its s-th token there: a cache of real
+    positions 0..p-s+1, then its own predicted features (checked against EagleDrafter with a real cache)."""
+    target = tiny_llama(vocab_size=VOCAB, hidden_size=32, num_layers=2, seed=6)
+    _, samples = _samples(target)
+    head = EagleHead(HeadConfig.from_target(target.config))
+    for p in head.parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.2)
+    trainer = Trainer(head, target, None, lr=1e-3, feature_noise=0.0, unroll=3)
+    sample = max(samples, key=lambda s: len(s.tokens))
+    batch = trainer.batch([sample, samples[0]])  # a padded row too
+    with torch.no_grad():
+        steps = trainer.steps(batch)
+        drafter = trainer.drafter
+        hidden, tokens = batch["hidden"][:1], batch["tokens"][:1]  # f_0.., x_1..
+        for p in (2, 5, hidden.shape[1] - 1):
+            cache = drafter.new_cache()
+            real = drafter.features(hidden[:, : p - 1], tokens[:, : p - 1], 0, cache)  # positions 0..p-2
+            second = drafter.features(real[:, -1:], tokens[:, p - 1 : p], p - 1, cache)  # step 2 at p-1
+            third = drafter.features(second, tokens[:, p : p + 1], p, cache)  # step 3 at p
+            torch.testing.assert_close(steps[1][0][0, p - 1], second[0, 0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(steps[2][0][0, p], third[0, 0], atol=1e-5, rtol=1e-4)
+    assert not steps[1][1][0, 0] and steps[1][1][0, 1] and not steps[2][1][0, 1] and steps[2][1][0, 2]
+    # And training with unrolled steps lowers the loss of every step.
+    trainer = Trainer(EagleHead(HeadConfig.from_target(target.config)), target, None, lr=1e-2, feature_noise=0.0,
+                      unroll=3)
+    before = trainer.evaluate(samples, batch_tokens=256)
+    trainer.fit(samples, samples, minutes=10.0, max_epochs=25, batch_tokens=256, progress=False)
+    after = trainer.evaluate(samples, batch_tokens=256)
+    assert after["loss"] < 0.75 * before["loss"] and after["feature"] < 0.6 * before["feature"], (before, after)
+    assert after["loss_step2"] < 0.8 * before["loss_step2"] and after["loss_step3"] < 0.8 * before["loss_step3"]
