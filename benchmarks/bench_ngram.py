@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                     "mal": stats.mean_acceptance_length,
                     "oracle": oracle_replay(model, config, ids, ref_new),
                     "outside_forward": 1 - stats.time_target / stats.time_total,
+                    # For offline analysis (benchmarks/ngram_ceiling.py): the prompt and the plain greedy output.
+                    "prompt_ids": ids[0].tolist(),
+                    "reference": ref_new,
                 }
             )
             r = rows[-1]
