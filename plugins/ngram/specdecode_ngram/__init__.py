@@ -16,7 +16,7 @@ from __future__ import annotations
 import attrs
 import specdecode
 import torch
-from specdecode import PerSequenceProposer, Proposal, ProposeRequest, ProposerSpec, StartContext, VerifyResult
+from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
 from specdecode.errors import invalid
 
 
@@ -93,21 +93,13 @@ class AcceptanceModel:
     def _prior_first(self, n: int) -> float:
         return min(0.95, self.options.prior_first + self.options.prior_per_ngram * n)
 
-    def cost(self, k: int, rows: int = 1) -> float:
-        """Verify cost with k drafts per row relative to a plain step, for ``rows`` sequences verified together.
-
-        A forward reads the weights once (cost 1) and does per_token of work per row on top. With R rows a plain
-        step costs 1 + per_token * R, so each extra draft row is a larger share of it: the per-draft cost grows
-        from per_token (R = 1) towards 1 / (k + 1) of a step, and big batches rarely draft. (Measured on 2 CPU
-        cores, SmolLM2-135M, drafts per row 5: 1.5x a plain step at R = 1, 2.2x at R = 4, 3.1x at R = 16.)
-        """
+    def cost(self, k: int) -> float:
+        """Verify cost with k drafts relative to a plain step."""
         if k == 0:
             return 1.0
-        b = self.options.cost_per_token
-        per_draft = b * rows * (1.0 + b) / (1.0 + b * rows)  # = b when rows == 1
-        return 1.0 + self.options.cost_jump + per_draft * k
+        return 1.0 + self.options.cost_jump + self.options.cost_per_token * k
 
-    def best_k(self, n: int, available: int, rows: int = 1) -> int:
+    def best_k(self, n: int, available: int) -> int:
         """The k (0 = no drafting) that maximises expected tokens per unit of verify cost."""
         a_first = self.first[n][0] / self.first[n][1]
         a_later = self.later[0] / self.later[1]
@@ -116,7 +108,7 @@ class AcceptanceModel:
         for k in range(1, available + 1):
             expected += survive  # token k is emitted only if drafts 1..k are all accepted
             survive *= a_later
-            rate = expected / self.cost(k, rows)
+            rate = expected / self.cost(k)
             if rate > best_rate * 1.02:  # a 2% margin keeps noise from buying expensive steps
                 best_k, best_rate = k, rate
         if best_k == 0:
@@ -150,15 +142,9 @@ class NgramProposer(PerSequenceProposer):
         self.model = AcceptanceModel(self.options, max_n, max_k)
         self.pending: dict[int, tuple[int, int]] = {}  # sequence -> (match length, drafted) of its current draft
 
-        self.rows = 1  # sequences drafting in this step: a wider batch makes each draft cost more
-
     def start(self, context: StartContext) -> None:
         self.indexes = {}
         self.pending = {}
-
-    def propose(self, request: ProposeRequest) -> Proposal:
-        self.rows = 1 if request.active.shape[0] == 1 else int(request.active.sum())
-        return super().propose(request)
 
     def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         ngram = self.indexes.get(index)
@@ -168,7 +154,7 @@ class NgramProposer(PerSequenceProposer):
             ngram.extend(tokens[len(ngram.tokens) :].tolist())
         draft, n = ngram.match(num_tokens)
         if draft and self.options.adaptive:
-            draft = draft[: self.model.best_k(n, len(draft), self.rows)]
+            draft = draft[: self.model.best_k(n, len(draft))]
         self.pending[index] = (n if draft else 0, len(draft))
         return torch.tensor(draft, dtype=torch.long)
 

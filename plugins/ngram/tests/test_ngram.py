@@ -93,21 +93,6 @@ def test_the_cost_curve_decides_whether_a_coin_flip_is_worth_drafting():
     assert cheap.best_k(1, 1) == 1
 
 
-def test_wider_batches_make_drafts_cost_more_and_back_off_sooner():
-    from specdecode_ngram import AcceptanceModel, NgramOptions
-
-    model = AcceptanceModel(NgramOptions(), max_n=3, max_k=5)
-    assert model.cost(5, rows=1) == pytest.approx(1.0 + 0.05 + 0.09 * 5)  # batch size 1: the options' curve
-    costs = [model.cost(5, rows=r) for r in (1, 4, 8, 16)]
-    assert costs == sorted(costs) and costs[-1] > 3.0
-    for _ in range(40):  # first tokens accepted about 60% of the time, later ones 80%
-        model.record(2, drafted=3, accepted=0)
-        model.record(2, drafted=3, accepted=2)
-        model.record(2, drafted=3, accepted=3)
-    assert model.best_k(2, 5, rows=1) >= 2
-    assert model.best_k(2, 5, rows=16) == 0
-
-
 def test_bad_options_are_named():
     with pytest.raises(specdecode.ConfigError, match=r"'prior_first' must be a number in \[0, 1\] \(got 1.5\)"):
         specdecode.SpeculativeConfig(method="ngram", method_options={"prior_first": 1.5})
