@@ -86,6 +86,14 @@ def test_generate_reads_stdin_and_streams(tiny_dir, capsys, monkeypatch):
     assert "[ngram K=5]" in err and "mean acceptance length" in err
 
 
+def test_generate_takes_the_prompt_as_an_option_too(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "--max-new-tokens", "6", "--prompt", REPETITIVE]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split()) >= 3 and "6 tokens" in err
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", REPETITIVE, REPETITIVE]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_generate_output_matches_plain_greedy(tiny_dir, capsys):
     from specdecode.models import encode_prompt, load_model
 

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = subparsers.add_parser("generate", help="generate text for one prompt, streaming it, then print stats")
     gen.add_argument("prompt", nargs="?", help="the prompt text; '-' reads it from stdin")
+    gen.add_argument("--prompt", dest="prompt_flag", metavar="TEXT", help="the prompt text (same as the argument)")
     gen.add_argument("--prompt-file", help="read the prompt from this file ('-' for stdin)")
     _add_model_flags(gen)
     _add_config_flags(gen, several=False)
@@ -278,6 +279,11 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def read_prompt(args: argparse.Namespace) -> str:
+    flag = getattr(args, "prompt_flag", None)
+    if flag is not None:
+        if args.prompt is not None:
+            raise ConfigError("give the prompt either as an argument or with --prompt, not both", field="prompt")
+        args.prompt = flag
     if args.prompt is not None and args.prompt_file is not None:
         raise ConfigError("give the prompt either as an argument or with --prompt-file, not both", field="prompt")
     if args.prompt_file is not None:
