@@ -47,61 +47,68 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def oracle_replay(model, config, prompt_ids, reference_new: list[int]) -> tuple[int, int]:
-    """Replay the plain greedy output through a fresh proposer: at every step it proposes from the true prefix, and
-    the drafts that match the true continuation are what a perfect implementation would accept."""
-    from specdecode.proposer import ProposeRequest, SamplingParams, StartContext, VerifyResult
+def replay(propose, prompt: list[int], reference: list[int], max_k: int, on_verified=None) -> list[tuple[int, int]]:
+    """(drafted, accepted) per verify step when ``propose(tokens, budget) -> drafts`` drafts for this output.
 
-    proposer = specdecode.build_proposer(model, config)
-    tokens = torch.cat([prompt_ids, torch.tensor([reference_new[:1]])], dim=1)
-    params = SamplingParams()
-    proposer.start(
-        StartContext(
-            input_ids=tokens,
-            attention_mask=torch.ones_like(tokens),
-            num_speculative_tokens=config.num_speculative_tokens,
-            sampling=params,
-            generator=None,
-        )
-    )
-    produced, accepted, drafting_steps = 1, 0, 0
-    total = len(reference_new)
-    active = torch.ones(1, dtype=torch.bool)
-    while produced < total:
-        budget = min(config.num_speculative_tokens, total - produced - 1)
-        drafts: list[int] = []
-        if budget > 0:
-            request = ProposeRequest(
-                input_ids=tokens,
-                attention_mask=torch.ones_like(tokens),
-                num_tokens=budget,
-                active=active,
-                sampling=params,
-                generator=None,
-            )
-            drafts = proposer.propose(request).token_ids[0, :budget].tolist()
-        truth = reference_new[produced : produced + len(drafts) + 1]
+    Every step proposes from the true prefix; the drafts that match the true continuation are what a perfect
+    implementation would accept. ``on_verified(tokens, drafted, accepted)`` hears about each step."""
+    tokens = prompt + reference[:1]
+    steps = []
+    produced = 1
+    while produced < len(reference):
+        budget = min(max_k, len(reference) - produced - 1)
+        drafts = propose(tokens, budget) if budget > 0 else []
+        truth = reference[produced : produced + len(drafts) + 1]
         n = 0
         while n < len(drafts) and drafts[n] == truth[n]:
             n += 1
-        if drafts:
-            drafting_steps += 1
-            accepted += n
-        new = truth[: n + 1]
-        produced += len(new)
-        tokens = torch.cat([tokens, torch.tensor([new])], dim=1)
-        proposer.on_verified(
-            VerifyResult(
-                input_ids=tokens,
-                attention_mask=torch.ones_like(tokens),
-                num_drafted=torch.tensor([len(drafts)]),
-                num_accepted=torch.tensor([n]),
-                next_tokens=torch.tensor([new[-1]]),
-                num_accepted_list=[n],
-            )
-        )
+        steps.append((len(drafts), n))
+        tokens = tokens + truth[: n + 1]
+        produced += n + 1
+        if on_verified is not None:
+            on_verified(tokens, len(drafts), n)
+    return steps
+
+
+def proposer_replay(proposer, prompt: list[int], reference: list[int], max_k: int, perfect_stop: bool = False):
+    """:func:`replay` with a specdecode proposer driven through its public interface. ``perfect_stop`` cuts every
+    draft where the target would reject it (an upper bound for any stopping rule with the same candidates)."""
+    from specdecode.proposer import ProposeRequest, SamplingParams, StartContext, VerifyResult
+
+    params = SamplingParams()
+    first = torch.tensor([prompt + reference[:1]])
+    proposer.start(StartContext(input_ids=first, attention_mask=torch.ones_like(first),
+                                num_speculative_tokens=max_k, sampling=params, generator=None))
+    full = prompt + reference
+
+    def propose(tokens, budget):
+        ids = torch.tensor([tokens])
+        request = ProposeRequest(input_ids=ids, attention_mask=torch.ones_like(ids), num_tokens=budget,
+                                 active=torch.ones(1, dtype=torch.bool), sampling=params, generator=None)
+        drafts = proposer.propose(request).token_ids[0, :budget].tolist()
+        if perfect_stop:
+            n = 0
+            while n < len(drafts) and drafts[n] == full[len(tokens) + n]:
+                n += 1
+            drafts = drafts[:n]
+        return drafts
+
+    def on_verified(tokens, drafted, accepted):
+        ids = torch.tensor([tokens])
+        proposer.on_verified(VerifyResult(
+            input_ids=ids, attention_mask=torch.ones_like(ids), num_drafted=torch.tensor([drafted]),
+            num_accepted=torch.tensor([accepted]), next_tokens=ids[:, -1], num_accepted_list=[accepted]))
+
+    steps = replay(propose, prompt, reference, max_k, on_verified)
     proposer.finish()
-    return accepted, drafting_steps
+    return steps
+
+
+def oracle_replay(model, config, prompt_ids, reference_new: list[int]) -> tuple[int, int]:
+    """(accepted drafts, drafting steps) of a fresh proposer replaying the plain greedy output."""
+    steps = proposer_replay(specdecode.build_proposer(model, config), prompt_ids[0].tolist(), reference_new,
+                            config.num_speculative_tokens)
+    return sum(a for d, a in steps if d), sum(1 for d, _ in steps if d)
 
 
 def main(argv: list[str] | None = None) -> int:

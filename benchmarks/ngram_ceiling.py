@@ -23,63 +23,8 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
-from specdecode.proposer import ProposeRequest, SamplingParams, StartContext, VerifyResult
-from specdecode_ngram import NgramOptions, NgramProposer
-
-
-def replay(propose, prompt: list[int], reference: list[int], max_k: int, on_verified=None) -> list[tuple[int, int]]:
-    """(drafted, accepted) per verify step when ``propose(tokens, budget) -> drafts`` drafts for this output."""
-    tokens = prompt + reference[:1]
-    steps = []
-    produced = 1
-    while produced < len(reference):
-        budget = min(max_k, len(reference) - produced - 1)
-        drafts = propose(tokens, budget) if budget > 0 else []
-        truth = reference[produced : produced + len(drafts) + 1]
-        n = 0
-        while n < len(drafts) and drafts[n] == truth[n]:
-            n += 1
-        steps.append((len(drafts), n))
-        tokens = tokens + truth[: n + 1]
-        produced += n + 1
-        if on_verified is not None:
-            on_verified(tokens, len(drafts), n)
-    return steps
-
-
-def shipped(options: NgramOptions, window: tuple[int, int], max_k: int):
-    """Our proposer, driven through its public interface."""
-
-    def run(prompt, reference, perfect_stop=False):
-        proposer = NgramProposer(*window, options, max_k=max_k)
-        params = SamplingParams()
-        first = torch.tensor([prompt + reference[:1]])
-        proposer.start(StartContext(input_ids=first, attention_mask=torch.ones_like(first),
-                                    num_speculative_tokens=max_k, sampling=params, generator=None))
-        full = prompt + reference
-
-        def propose(tokens, budget):
-            ids = torch.tensor([tokens])
-            request = ProposeRequest(input_ids=ids, attention_mask=torch.ones_like(ids), num_tokens=budget,
-                                     active=torch.ones(1, dtype=torch.bool), sampling=params, generator=None)
-            drafts = proposer.propose(request).token_ids[0, :budget].tolist()
-            if perfect_stop:  # keep only what the target will accept
-                n = 0
-                while n < len(drafts) and drafts[n] == full[len(tokens) + n]:
-                    n += 1
-                drafts = drafts[:n]
-            return drafts
-
-        def on_verified(tokens, drafted, accepted):
-            ids = torch.tensor([tokens])
-            proposer.on_verified(VerifyResult(
-                input_ids=ids, attention_mask=torch.ones_like(ids), num_drafted=torch.tensor([drafted]),
-                num_accepted=torch.tensor([accepted]), next_tokens=ids[:, -1], num_accepted_list=[accepted]))
-
-        return replay(propose, prompt, reference, max_k, on_verified)
-
-    return run
+import specdecode
+from bench_ngram import proposer_replay, replay  # this directory is on sys.path when run as a script
 
 
 def best_occurrence(min_n: int, max_n: int, max_k: int):
@@ -107,7 +52,7 @@ def best_occurrence(min_n: int, max_n: int, max_k: int):
     return run
 
 
-def summarize(steps: list[tuple[int, int]], options: NgramOptions) -> tuple[float, float]:
+def summarize(steps: list[tuple[int, int]], options) -> tuple[float, float]:
     """(mean tokens per verify step, predicted decode speedup)."""
     tokens = sum(a + 1 for _, a in steps)
     cost = sum(1.0 if d == 0 else 1.0 + options.cost_jump + options.cost_per_token * d for d, _ in steps)
@@ -122,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in data["rows"] if "reference" in r]
     if not rows:
         parser.error(f"{args.results} has no saved outputs: rerun bench_ngram.py (it saves them with --json)")
-    config = data["config"]
-    max_k = config.get("num_speculative_tokens", 5)
-    window = (config.get("prompt_lookup_min") or 2, config.get("prompt_lookup_max") or 5)
-    options = NgramOptions(**(config.get("method_options") or {}))
+    config = specdecode.SpeculativeConfig.from_dict(data["config"])
+    max_k, window, options = config.num_speculative_tokens, config.prompt_lookup_window, config.options
+
+    def shipped(prompt, reference, perfect_stop=False):  # the ngram factory does not look at the model
+        proposer = specdecode.build_proposer(None, config)
+        return proposer_replay(proposer, prompt, reference, max_k, perfect_stop)
+
     policies = {
-        "ours": shipped(options, window, max_k),
-        "perfect stop": lambda p, r: shipped(options, window, max_k)(p, r, perfect_stop=True),
+        "ours": shipped,
+        "perfect stop": lambda p, r: shipped(p, r, perfect_stop=True),
         f"best occurrence n>={window[0]}": best_occurrence(window[0], window[1], max_k),
         "best occurrence n>=1": best_occurrence(1, window[1], max_k),
     }
