@@ -34,15 +34,10 @@ def _draft_for(vocab_size: int):
 def _eagle_head_for(vocab_size: int, hidden_size: int) -> str:
     """A random EAGLE head for a tiny target, saved where the plugin loads heads from (a directory)."""
     from specdecode_eagle.checkpoint import save_head
-    from specdecode_eagle.head import EagleHead, HeadConfig
+    from specdecode_eagle.head import random_head
 
     target = tiny_llama(vocab_size=vocab_size, hidden_size=hidden_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        head = EagleHead(HeadConfig.from_target(target.config))
-        for weight in head.parameters():
-            if weight.dim() == 2:  # larger than the default init, so drafts vary and sometimes match
-                torch.nn.init.normal_(weight, std=0.3)
+    head = random_head(target.config, std=0.3)  # larger than the default init, so drafts vary and sometimes match
     directory = tempfile.mkdtemp(prefix="specdecode-eagle-head-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return str(save_head(head.eval(), directory, dtype=torch.float32))

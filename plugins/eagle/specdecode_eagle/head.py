@@ -131,6 +131,18 @@ class EagleHead(nn.Module):
         )
 
 
+def random_head(target_config: Any, *, std: float, seed: int = 0, **overrides: Any) -> EagleHead:
+    """An untrained head for ``target_config`` in eval mode (tests and loop checks): every weight matrix drawn from
+    N(0, std), larger than the default init so drafts vary. Deterministic for a seed; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = EagleHead(HeadConfig.from_target(target_config, **overrides))
+        for weight in head.parameters():
+            if weight.dim() == 2:
+                nn.init.normal_(weight, std=std)
+    return head.eval()
+
+
 def _causal_mask(n: int, past: int, padding: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     """Boolean [B|1, 1, n, past+n] mask (True = may attend), or None for a single query with no padding."""
     if n == 1 and padding is None:

@@ -7,7 +7,7 @@ import torch
 from specdecode import ConfigError
 from specdecode.testing import tiny_llama
 from specdecode_eagle import EagleOptions
-from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
+from specdecode_eagle.head import EagleDrafter, EagleHead, random_head
 from specdecode_eagle.proposer import Calibration, EagleProposer
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
@@ -16,13 +16,7 @@ VOCAB, K, NEW = 64, 5, 120
 
 def _useless_head(model) -> EagleHead:
     """A random head with large weights: confident (peaked drafts) and nearly always wrong."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        head = EagleHead(HeadConfig.from_target(model.config))
-        for p in head.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=1.0)
-    return head.eval()
+    return random_head(model.config, std=1.0)
 
 
 class _Cache:

@@ -5,21 +5,15 @@ import specdecode
 import torch
 from specdecode.testing import tiny_llama
 from specdecode_eagle import EagleOptions
-from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
+from specdecode_eagle.head import EagleDrafter, EagleHead, random_head
 from specdecode_eagle.proposer import EagleProposer
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
 
 
 def _random_head(model, seed: int = 0, **overrides) -> EagleHead:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = EagleHead(HeadConfig.from_target(model.config, **overrides))
-        # Larger weights than the default init, so the drafts vary and sometimes agree with the target.
-        for p in head.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=0.3)
-    return head.eval()
+    # Larger weights than the default init, so the drafts vary and sometimes agree with the target.
+    return random_head(model.config, std=0.3, seed=seed, **overrides)
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-k", "back-off"])

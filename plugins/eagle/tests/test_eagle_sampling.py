@@ -9,7 +9,7 @@ from specdecode import Proposal, SamplingParams
 from specdecode.sampling import warp_probs
 from specdecode.testing import tiny_llama
 from specdecode_eagle import EagleOptions
-from specdecode_eagle.head import EagleDrafter, EagleHead, HeadConfig
+from specdecode_eagle.head import EagleDrafter, random_head
 from specdecode_eagle.proposer import EagleProposer
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
@@ -21,12 +21,7 @@ def _setup():
     # A larger init than usual gives a peaked target distribution, so a wrong sampler would show.
     target = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=1, seed=4, num_heads=2, num_kv_heads=1,
                         initializer_range=0.4)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        head = EagleHead(HeadConfig.from_target(target.config)).eval()
-        for p in head.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=0.4)
+    head = random_head(target.config, std=0.4)
     # The head scores 4 of the 6 tokens: its q is zero elsewhere, which rejection sampling must still handle.
     drafter = EagleDrafter(head, target, torch.tensor([0, 1, 2, 4]))
     return target, drafter
