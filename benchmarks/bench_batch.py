@@ -20,6 +20,7 @@ from pathlib import Path
 
 import specdecode
 import torch
+from specdecode.batching import left_pad
 from specdecode.models import load_model
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
@@ -35,16 +36,6 @@ def load_prompts(path: Path, category: str, count: int) -> list[str]:
             if len(prompts) == count:
                 break
     return prompts
-
-
-def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r) :] = torch.tensor(r)
-        mask[b, width - len(r) :] = 1
-    return ids, mask
 
 
 def generated_tokens(sequences: torch.Tensor, prompt_width: int, eos: int, max_new: int) -> list[list[int]]:

@@ -15,13 +15,7 @@ PAD = -7  # never a real token, so the padding in the outputs is easy to check
 
 def left_pad(prompts: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """[1, T_b] prompts -> left-padded ids [B, T] and attention mask [B, T]."""
-    width = max(p.shape[1] for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - p.shape[1] :] = p[0]
-        mask[b, width - p.shape[1] :] = 1
-    return ids, mask
+    return batching.left_pad([p[0] for p in prompts], pad)
 
 
 def plain_alone(model, prompt: torch.Tensor, max_new: int, eos=None) -> list[int]:

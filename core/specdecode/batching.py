@@ -27,6 +27,19 @@ COMPACT_WASTE_SHARE = 0.5
 COMPACT_MIN_WASTE = 32
 
 
+def left_pad(rows: Sequence[Sequence[int] | torch.Tensor], pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences of different lengths -> ``(input_ids [B, T], attention_mask [B, T])``, left-padded: the
+    layout :func:`specdecode.generate` (and transformers' batched ``generate``) expects."""
+    lengths = [len(row) for row in rows]
+    width = max(lengths)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, (row, length) in enumerate(zip(rows, lengths)):
+        ids[b, width - length :] = torch.as_tensor(row, dtype=torch.long)
+        mask[b, width - length :] = 1
+    return ids, mask
+
+
 def check_left_padded(attention_mask: torch.Tensor) -> list[int]:
     """Real-token count of every row of a ``[B, T]`` mask that must be left padding (0..0 1..1); else an error."""
     mask = attention_mask.to(torch.long)

@@ -154,6 +154,7 @@ def generate_responses(
     Prompts of similar length are batched, left-padded, with plain ``model.generate``. Its decode steps run
     specdecode's few-rows linear kernel (the same products, computed as ``W @ x^T``; about 1.6x faster per row at
     batch 16 on a CPU)."""
+    from specdecode.batching import left_pad
     from specdecode.kernels import FEW_ROWS_LINEAR, few_rows_linear
 
     responses: list[list[int]] = [[] for _ in prompts]
@@ -161,12 +162,8 @@ def generate_responses(
     eos = sorted(eos_token_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
+        ids, mask = left_pad([prompts[i] for i in rows], pad_token_id)
+        width = ids.shape[1]
         with torch.inference_mode(), few_rows_linear(FEW_ROWS_LINEAR):
             out = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
