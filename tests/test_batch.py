@@ -103,7 +103,7 @@ def expected(alone: list[list[int]], max_new: list[int], eos: int | None = None)
     return rows
 
 
-@pytest.mark.parametrize("schedule", ["constant", "heuristic", "cost_model"])
+@pytest.mark.parametrize("schedule", ["auto", "constant", "heuristic", "cost_model"])
 def test_ngram_batch_equals_each_sequence_alone(tiny_model, alone, schedule):
     ids, mask = left_pad(PROMPTS)
     config = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1, speculation_schedule=schedule)
@@ -120,7 +120,7 @@ def test_ngram_batch_equals_each_sequence_alone(tiny_model, alone, schedule):
 def test_staggered_acceptance_and_eos_in_a_batch(tiny_model, alone, staggered):
     ids, mask = left_pad(PROMPTS)
     eos = alone[0][5]  # an eos id that some continuations (not all) reach early
-    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4)
+    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4, speculation_schedule="constant")
     out = specdecode.generate(
         tiny_model,
         ids,
@@ -142,7 +142,7 @@ def test_eos_matches_transformers_generate_alone(tiny_model, alone, staggered):
     """The reference above cuts the continuation at the eos; here transformers itself stops at it."""
     ids, mask = left_pad(PROMPTS[:3])
     eos = alone[0][5]
-    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4)
+    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4, speculation_schedule="constant")
     out = specdecode.generate(
         tiny_model, ids, config, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=PAD
     )
@@ -152,7 +152,7 @@ def test_eos_matches_transformers_generate_alone(tiny_model, alone, staggered):
 
 def test_finished_sequences_leave_the_batch(tiny_model, alone, staggered):
     ids, mask = left_pad(PROMPTS)
-    config = SpeculativeConfig(method="staggered", num_speculative_tokens=3)
+    config = SpeculativeConfig(method="staggered", num_speculative_tokens=3, speculation_schedule="constant")
     out = specdecode.generate(
         tiny_model, ids, config, attention_mask=mask, max_new_tokens=MAX_NEW, pad_token_id=PAD
     )
@@ -179,7 +179,7 @@ def test_compaction_keeps_outputs_identical(tiny_model, alone, staggered, monkey
 
     monkeypatch.setattr(batching.CacheSlots, "maybe_compact", counting)
     ids, mask = left_pad(PROMPTS)
-    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4)
+    config = SpeculativeConfig(method="staggered", num_speculative_tokens=4, speculation_schedule="constant")
     out = specdecode.generate(
         tiny_model, ids, config, attention_mask=mask, max_new_tokens=MAX_NEW, pad_token_id=PAD
     )
@@ -233,7 +233,9 @@ def test_proposer_without_batch_support_runs_sequence_by_sequence(tiny_model, al
 
 def test_disable_by_batch_size_turns_speculation_on_once_the_batch_shrinks(tiny_model, alone):
     ids, mask = left_pad(PROMPTS)
-    config = SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1, disable_by_batch_size=2)
+    config = SpeculativeConfig(
+        num_speculative_tokens=3, prompt_lookup_min=1, disable_by_batch_size=2, speculation_schedule="constant"
+    )
     out = specdecode.generate(
         tiny_model, ids, config, attention_mask=mask, max_new_tokens=MAX_NEW, pad_token_id=PAD
     )
@@ -252,6 +254,7 @@ def test_num_speculative_tokens_per_batch_size(tiny_model, alone):
         num_speculative_tokens=4,
         prompt_lookup_min=1,
         num_speculative_tokens_per_batch_size=[[1, 2, 3], [3, 16, 1]],
+        speculation_schedule="constant",
     )
     out = specdecode.generate(
         tiny_model, ids, config, attention_mask=mask, max_new_tokens=MAX_NEW, pad_token_id=PAD
@@ -303,9 +306,11 @@ def test_sampling_in_a_batch_follows_the_target(small_vocab_model, register, dra
     if draft == "skewed":
         q = torch.tensor([0.3, 0.02, 0.02, 0.2, 0.02, 0.3, 0.12, 0.02])
         register(ScriptedPlugin("skewed", lambda m: BatchSamplingProposer(q)), "skewed-plugin")
-        config = SpeculativeConfig(method="skewed", num_speculative_tokens=2)
+        config = SpeculativeConfig(method="skewed", num_speculative_tokens=2, speculation_schedule="constant")
     else:
-        config = SpeculativeConfig(num_speculative_tokens=2, prompt_lookup_min=1, prompt_lookup_max=2)
+        config = SpeculativeConfig(
+            num_speculative_tokens=2, prompt_lookup_min=1, prompt_lookup_max=2, speculation_schedule="constant"
+        )
     generator = torch.Generator().manual_seed(11)
     out = specdecode.generate(
         small_vocab_model,

@@ -79,7 +79,7 @@ def test_unknown_key_is_rejected_by_name():
         ({"posterior_threshold": 1.5}, "posterior_threshold", "a number in (0, 1] (got 1.5)"),
         ({"posterior_alpha": 0}, "posterior_alpha", "(got 0)"),
         ({"acceptance_method": "greedy"}, "acceptance_method", "rejection_sampler, typical_acceptance_sampler"),
-        ({"speculation_schedule": "fast"}, "speculation_schedule", "constant, heuristic, cost_model"),
+        ({"speculation_schedule": "fast"}, "speculation_schedule", "auto, constant, heuristic, cost_model"),
         ({"disable_by_batch_size": -1}, "disable_by_batch_size", "(got -1)"),
         ({"num_speculative_tokens_per_batch_size": [[4, 2, 3]]}, "num_speculative_tokens_per_batch_size", "batch_lo"),
     ],

@@ -8,6 +8,7 @@ import specdecode
 import torch
 from specdecode import Proposal, Proposer, ProposeRequest, SpeculativeConfig
 from specdecode.schedules import (
+    AutoSchedule,
     ConstantSchedule,
     CostModelSchedule,
     HeuristicSchedule,
@@ -82,13 +83,16 @@ def test_verify_cost_curve_interpolates_and_is_optimistic_outside_what_it_measur
     assert curve(6) == pytest.approx(3.1)  # the running median ignores the outlier
 
 
-def feed(schedule: CostModelSchedule, steps: int, accept_all: bool, cost, cap: int = 5) -> list[int]:
+def feed(schedule, steps: int, accept_all: bool, cost, cap: int = 5, rows: int = 1) -> list[int]:
     """Run the schedule against a scripted target: every draft accepted (or none), verify cost ``cost(tokens)``."""
     chosen = []
     for _ in range(steps):
-        k = schedule.next_k(cap, 1)
+        k = schedule.next_k(cap, rows)
         chosen.append(k)
-        schedule.observe(outcome(k, [k], [k if accept_all else 0], verify=cost(k + 1), draft=0.01 * k))
+        schedule.observe(
+            outcome(k, [k] * rows, [k if accept_all else 0] * rows, rows=rows, verify=cost(rows * (k + 1)),
+                    draft=0.01 * k)
+        )
     return chosen
 
 
@@ -144,7 +148,32 @@ def test_cost_model_weighs_acceptance_against_the_verify_cost_curve(verify_cost,
     assert schedule.best_k(5, 1) == best
 
 
+def test_probes_verify_about_eight_tokens_in_all():
+    schedule = CostModelSchedule()
+    assert [schedule.probe_k(5, rows) for rows in (1, 2, 3, 4, 16)] == [5, 3, 1, 1, 1]
+    assert schedule.probe_k(2, 1) == 2  # never above the cap
+
+
+def test_cost_model_probes_a_wide_batch_with_one_draft():
+    """16 rows, every draft rejected, verify cost growing with the tokens verified: the first step and every probe
+    draft one token per row (32 tokens verified), not the cap (96 tokens, several plain steps' worth)."""
+    schedule = CostModelSchedule(probe_every=4, max_probe_every=16)
+    chosen = feed(schedule, 60, accept_all=False, cost=cpu_like_cost, rows=16)
+    assert chosen[0] == 1
+    assert chosen.count(0) > 45
+    assert max(chosen[2:]) <= 1  # after the optimistic second look, probes only
+
+
+def test_auto_is_constant_alone_and_the_cost_model_in_a_batch():
+    schedule = AutoSchedule()
+    alone = feed(schedule, 20, accept_all=False, cost=cpu_like_cost, rows=1)
+    assert alone == [5] * 20  # one sequence: the proposer's own back-off decides, K stays the cap
+    batched = feed(schedule, 40, accept_all=False, cost=cpu_like_cost, rows=4)
+    assert batched.count(0) > 30  # several rows: rejected drafts drive K to plain steps
+
+
 def test_make_schedule_names():
+    assert isinstance(make_schedule("auto", 5), AutoSchedule)
     assert isinstance(make_schedule("constant", 5), ConstantSchedule)
     assert isinstance(make_schedule("heuristic", 5), HeuristicSchedule)
     assert isinstance(make_schedule("cost_model", 5), CostModelSchedule)

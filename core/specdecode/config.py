@@ -16,7 +16,7 @@ import attrs
 from .errors import ConfigError, invalid
 
 ACCEPTANCE_METHODS = ("rejection_sampler", "typical_acceptance_sampler")
-SCHEDULES = ("constant", "heuristic", "cost_model")
+SCHEDULES = ("auto", "constant", "heuristic", "cost_model")
 DEFAULT_PROMPT_LOOKUP = (2, 5)  # (min, max) when neither is given; vLLM uses 5/5, short matches pay on small models
 _VLLM_ALIASES = {"model": "draft_model"}
 
@@ -50,7 +50,7 @@ class SpeculativeConfig:
     acceptance_method: str = "rejection_sampler"
     posterior_threshold: float = 0.09
     posterior_alpha: float = 0.3
-    speculation_schedule: str = "constant"
+    speculation_schedule: str = "auto"
     disable_by_batch_size: int | None = None
     num_speculative_tokens_per_batch_size: tuple[tuple[int, int, int], ...] | None = attrs.field(
         default=None, converter=lambda v: None if v is None else tuple(tuple(r) for r in v)

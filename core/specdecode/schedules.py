@@ -9,6 +9,9 @@ The loop asks ``schedule.next_k(cap, rows)`` before drafting and reports what ha
   accepted, -1 otherwise, never below 1 and never above ``num_speculative_tokens`` (or the batch-size cap).
 * ``cost_model``: picks the K that maximises Leviathan's expected speedup, from running estimates of the acceptance
   rate and of the measured draft and verify costs (K = 0, a plain decode step, is allowed).
+* ``auto`` (the default): ``constant`` while one sequence runs, ``cost_model`` while several do. Alone, the
+  proposers back off by themselves from the tokens they see (deterministic, so seeded sampling reproduces); in a
+  batch every row pays for the widest draft, which only measured costs can weigh.
 
 Letters: a = acceptance rate of one draft token, K = draft tokens asked for, R = running rows,
 V(n) = seconds of a target forward over n tokens (n = R * (K+1)), D = draft seconds per requested token,
@@ -154,8 +157,10 @@ class CostModelSchedule:
     The acceptance rate is estimated from draft positions seen as Bernoulli trials: a row that accepted n of its
     d drafts had n successes in n + [n < d] trials (positions after the first rejection were never tried). Both
     counts are exponential moving averages, started from a weak prior of a = 0.5. While K = 0 wins, no drafts are
-    seen, so the schedule probes the cap every ``probe_every`` plain steps, doubling the wait after every probe that
-    does not change its mind (up to ``max_probe_every``).
+    seen, so the schedule probes every ``probe_every`` plain steps, doubling the wait after every probe that does
+    not change its mind (up to ``max_probe_every``). A probe (and the first step, before anything is measured)
+    verifies about ``probe_tokens`` tokens in all: the cap for one sequence, K = 1 for a wide batch, where a probe at
+    the cap would cost several plain steps.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class CostModelSchedule:
         prior_trials: float = 2.0,
         probe_every: int = 4,
         max_probe_every: int = 64,
+        probe_tokens: int = 8,
     ):
         self.decay = decay
         self.successes = prior_alpha * prior_trials
@@ -176,6 +182,7 @@ class CostModelSchedule:
         self.first_probe_every = probe_every
         self.probe_every = probe_every
         self.max_probe_every = max_probe_every
+        self.probe_tokens = probe_tokens
         self.plain_steps = 0  # consecutive steps where K = 0 won
         self.probing = False
 
@@ -197,11 +204,15 @@ class CostModelSchedule:
     def speedup(self, k: int, rows: int) -> float:
         return expected_tokens(self.alpha, k) * self.step_cost(0, rows) / self.step_cost(k, rows)
 
+    def probe_k(self, cap: int, rows: int) -> int:
+        """K for a probe: rows * (K + 1) close to ``probe_tokens``, at least 1, at most the cap."""
+        return max(1, min(cap, self.probe_tokens // max(rows, 1) - 1))
+
     def best_k(self, cap: int, rows: int) -> int:
         if cap <= 0:
             return 0
         if self.verify_cost.empty:
-            return cap  # nothing measured yet: start by measuring the longest verify
+            return self.probe_k(cap, rows)  # nothing measured yet: measure a verify with drafts first
         scores = [self.speedup(k, rows) for k in range(cap + 1)]
         return max(range(cap + 1), key=lambda k: (scores[k], -k))  # ties go to the smaller K
 
@@ -217,7 +228,7 @@ class CostModelSchedule:
             self.plain_steps = 0
             self.probe_every = min(2 * self.probe_every, self.max_probe_every)
             self.probing = True
-            return cap
+            return self.probe_k(cap, rows)
         return 0
 
     def observe(self, outcome: StepOutcome) -> None:
@@ -235,8 +246,27 @@ class CostModelSchedule:
             self.draft_per_token.add(outcome.draft_seconds / outcome.budget)
 
 
+class AutoSchedule:
+    """``constant`` while one sequence runs, ``cost_model`` while several do (the default schedule).
+
+    The cost model hears about every step, so when a batch shrinks to one row and grows again (it cannot in one
+    call, but a reused schedule could) its estimates are current."""
+
+    def __init__(self):
+        self.constant = ConstantSchedule()
+        self.cost_model = CostModelSchedule()
+
+    def next_k(self, cap: int, rows: int) -> int:
+        return self.constant.next_k(cap, rows) if rows == 1 else self.cost_model.next_k(cap, rows)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self.cost_model.observe(outcome)
+
+
 def make_schedule(name: str, max_k: int) -> Schedule:
     """The schedule named by ``SpeculativeConfig.speculation_schedule``."""
+    if name == "auto":
+        return AutoSchedule()
     if name == "constant":
         return ConstantSchedule()
     if name == "heuristic":
