@@ -5,7 +5,8 @@
 
 SmolLM2-135M-Instruct, fp32, greedy, Spec-Bench summarization prompts (chat template, left padding). For every batch
 size B the same first B prompts go through transformers' batched `model.generate` (pad_token_id set) and through
-`specdecode.generate` with ngram at constant K and with each adaptive schedule. Throughput is total generated
+`specdecode.generate` with ngram under each speculation schedule (``auto``, the default, is ``constant`` for one
+sequence and ``cost_model`` for several). Throughput is total generated
 tokens (up to each sequence's eos) over wall time, prefill included. The table also gives the mean acceptance
 length, the mean K asked per step, and how many rows equal each prompt's plain greedy output generated alone.
 """
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--k", type=int, default=5, help="num_speculative_tokens (the cap for adaptive schedules)"
     )
-    parser.add_argument("--schedules", default="constant,heuristic,cost_model")
+    parser.add_argument("--schedules", default="auto,constant,heuristic,cost_model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 seconds = time.perf_counter() - start
                 rows = generated_tokens(out.sequences, ids.shape[1], eos, n)
-                label = f"ngram K={args.k}" if schedule == "constant" else f"ngram {schedule} (cap {args.k})"
+                label = {"constant": f"ngram K={args.k}", "auto": f"ngram auto (default, cap {args.k})"}.get(
+                    schedule, f"ngram {schedule} (cap {args.k})"
+                )
                 results.append(_row(size, label, rows, seconds, alone, out.stats))
                 _print_progress(results[-1])
 
