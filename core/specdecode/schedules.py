@@ -184,7 +184,6 @@ class CostModelSchedule:
         self.max_probe_every = max_probe_every
         self.probe_tokens = probe_tokens
         self.plain_steps = 0  # consecutive steps where K = 0 won
-        self.probing = False
 
     @property
     def alpha(self) -> float:
@@ -218,7 +217,6 @@ class CostModelSchedule:
 
     def next_k(self, cap: int, rows: int) -> int:
         k = self.best_k(cap, rows)
-        self.probing = False
         if k > 0 or cap == 0:
             self.plain_steps = 0
             self.probe_every = self.first_probe_every
@@ -227,7 +225,6 @@ class CostModelSchedule:
         if self.plain_steps > self.probe_every:
             self.plain_steps = 0
             self.probe_every = min(2 * self.probe_every, self.max_probe_every)
-            self.probing = True
             return self.probe_k(cap, rows)
         return 0
 
@@ -249,15 +246,14 @@ class CostModelSchedule:
 class AutoSchedule:
     """``constant`` while one sequence runs, ``cost_model`` while several do (the default schedule).
 
-    The cost model hears about every step, so when a batch shrinks to one row and grows again (it cannot in one
-    call, but a reused schedule could) its estimates are current."""
+    The cost model hears about every step: its verify-cost curve is keyed by the tokens verified, so single-row
+    steps are valid measurements for it too."""
 
     def __init__(self):
-        self.constant = ConstantSchedule()
         self.cost_model = CostModelSchedule()
 
     def next_k(self, cap: int, rows: int) -> int:
-        return self.constant.next_k(cap, rows) if rows == 1 else self.cost_model.next_k(cap, rows)
+        return cap if rows == 1 else self.cost_model.next_k(cap, rows)
 
     def observe(self, outcome: StepOutcome) -> None:
         self.cost_model.observe(outcome)
