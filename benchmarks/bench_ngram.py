@@ -9,6 +9,10 @@ calibration subset among K in 3, 5, 10 and max_matching_ngram_size 2, 3), both r
 acceptance rate, the mean acceptance length, and the mean acceptance length an oracle replay of the plain greedy
 output would give with the same proposer. It also checks that every greedy output equals plain generate's and
 reports the share of wall time spent outside the target's forward passes.
+
+specdecode's forwards run on its few-rows linear kernel (specdecode/kernels.py), which makes a decode step itself
+cheaper than transformers' on a CPU. So that this shows what speculation adds, plain generate also runs on that
+kernel ("plain+k"); ours/plain+k is speculation's own share (--no-kernel-baseline skips it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import specdecode
 import torch
+from specdecode.kernels import backend, few_rows_linear
 from specdecode.models import load_model
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=2, help="prompts per category to pick HF's best setting")
     parser.add_argument("--hf-settings", default="", help="fix HF's setting as K,N instead of calibrating")
     parser.add_argument("--json", type=Path, help="write per-prompt results here")
+    parser.add_argument("--no-kernel-baseline", dest="kernel_baseline", action="store_false",
+                        help="skip plain generate on specdecode's linear kernel (the speculation-only ratio)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -142,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def plain(ids):
         return model.generate(ids, **plain_kwargs)
+
+    def plain_kernel(ids):
+        # Plain generate on specdecode's few-rows linear kernel: what the kernel alone gives, without speculation.
+        with few_rows_linear():
+            return model.generate(ids, **plain_kwargs)
 
     def hf_lookup(ids, k, ngram):
         return model.generate(ids, prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram, **plain_kwargs)
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (category, text) in enumerate(prompts):
             ids = encode(text)
             ref, t_plain = timed(plain, ids)
+            if args.kernel_baseline:
+                ref_kernel, t_plain_kernel = timed(plain_kernel, ids)
             out, t_ours = timed(specdecode.generate, model, ids, config, max_new_tokens=n)
             hf, t_hf = timed(hf_lookup, ids, *best)
             new = ref.shape[1] - ids.shape[1]
@@ -178,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     "category": category,
                     "new_tokens": new,
                     "plain_tps": new / t_plain,
+                    "plain_kernel_tps": (ref_kernel.shape[1] - ids.shape[1]) / t_plain_kernel if args.kernel_baseline else None,
+                    "plain_kernel_identical": bool(torch.equal(ref_kernel, ref)) if args.kernel_baseline else None,
                     "ours_tps": stats.new_tokens / t_ours,
                     "hf_tps": (hf.shape[1] - ids.shape[1]) / t_hf,
                     "identical": bool(torch.equal(out.sequences, ref)),
@@ -198,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[{i + 1}/{len(prompts)}] {category:15s} plain {r['plain_tps']:5.1f} tok/s  ours {r['ours_tps']:5.1f} "
                 f"({r['ours_tps'] / r['plain_tps']:.2f}x)  hf {r['hf_tps']:5.1f} ({r['hf_tps'] / r['plain_tps']:.2f}x)  "
-                f"MAL {r['mal']:.2f} oracle {1 + r['oracle'][0] / max(r['oracle'][1], 1):.2f}  identical={r['identical']}",
+                + (f"plain+kernel {r['plain_kernel_tps']:5.1f}  " if r["plain_kernel_tps"] else "")
+                + f"MAL {r['mal']:.2f} oracle {1 + r['oracle'][0] / max(r['oracle'][1], 1):.2f}  identical={r['identical']}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -210,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows, categories, best, config, n) -> None:
+    kernel = all(r.get("plain_kernel_tps") for r in rows)
     print(f"\nngram {config.to_vllm()} vs plain generate vs transformers prompt lookup (K={best[0]}, "
-          f"ngram={best[1]}); greedy, max_new_tokens={n}, median over prompts")
+          f"ngram={best[1]}); greedy, max_new_tokens={n}, median over prompts; linear kernel: {backend()}")
     header = (f"{'category':15s} {'n':>3s} {'plain tok/s':>11s} {'ours tok/s':>10s} {'HF tok/s':>8s} "
-              f"{'ours/plain':>10s} {'ours/HF':>7s} {'HF/plain':>8s} {'acc.rate':>8s} {'MAL':>5s} {'oracle':>6s} "
-              f"{'outside fwd':>11s} {'identical':>9s}")
+              f"{'ours/plain':>10s} {'ours/HF':>7s} {'HF/plain':>8s} "
+              + (f"{'plain+k/plain':>13s} {'ours/plain+k':>12s} " if kernel else "")
+              + f"{'acc.rate':>8s} {'MAL':>5s} {'oracle':>6s} {'outside fwd':>11s} {'identical':>9s}")
     print(header)
     print("-" * len(header))
     med = statistics.median
@@ -227,15 +246,22 @@ def print_table(rows, categories, best, config, n) -> None:
         steps = sum(r["drafting_steps"] for r in rs)
         oracle_accepted = sum(r["oracle"][0] for r in rs)
         oracle_steps = sum(r["oracle"][1] for r in rs)
+        kernel_cols = ""
+        if kernel:
+            kernel_cols = (f"{med(r['plain_kernel_tps'] / r['plain_tps'] for r in rs):12.2f}x "
+                           f"{med(r['ours_tps'] / r['plain_kernel_tps'] for r in rs):11.2f}x ")
         print(
             f"{category:15s} {len(rs):3d} {med(r['plain_tps'] for r in rs):11.1f} {med(r['ours_tps'] for r in rs):10.1f} "
             f"{med(r['hf_tps'] for r in rs):8.1f} {med(r['ours_tps'] / r['plain_tps'] for r in rs):9.2f}x "
             f"{med(r['ours_tps'] / r['hf_tps'] for r in rs):6.2f}x {med(r['hf_tps'] / r['plain_tps'] for r in rs):7.2f}x "
-            f"{(accepted / drafted if drafted else 0):8.1%} {(1 + accepted / steps if steps else 1):5.2f} "
+            + kernel_cols
+            + f"{(accepted / drafted if drafted else 0):8.1%} {(1 + accepted / steps if steps else 1):5.2f} "
             f"{(1 + oracle_accepted / oracle_steps if oracle_steps else 1):6.2f} {statistics.mean(r['outside_forward'] for r in rs):10.1%} "
             f"{sum(r['identical'] for r in rs):4d}/{len(rs)}"
         )
-
+    if kernel:
+        print("plain+k = plain generate on specdecode's linear kernel (no speculation); ours/plain+k = what "
+              "speculation adds on top of the kernel.")
 
 if __name__ == "__main__":
     raise SystemExit(main())

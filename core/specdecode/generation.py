@@ -211,7 +211,7 @@ class _Loop:
         extra = {}
         if attention_mask is not None:
             extra = {"attention_mask": attention_mask, "position_ids": position_ids}
-        with few_rows_linear(FEW_ROWS_LINEAR):  # cheaper CPU verify passes, see kernels.py
+        with few_rows_linear(FEW_ROWS_LINEAR):  # cheaper CPU decode and verify passes, see kernels.py
             out = self.model(
                 input_ids=ids,
                 use_cache=True,
@@ -293,7 +293,9 @@ class _Loop:
         if self.streamer is not None:
             self.streamer.put(prompt.cpu())
 
-        with torch.inference_mode():
+        # The whole loop, proposers included, runs on the few-rows linear kernels (kernels.py): a draft model or a
+        # head decodes a row or a few at a time too. Prefills and other wide products keep F.linear.
+        with torch.inference_mode(), few_rows_linear(FEW_ROWS_LINEAR):
             logits, hidden = self.forward(
                 prompt, cache, want_hidden, 1, slots.mask, slots.prefill_positions()
             )

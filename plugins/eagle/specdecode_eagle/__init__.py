@@ -53,6 +53,14 @@ def _non_negative(field: str):
     return check
 
 
+def _optional_non_negative(field: str):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is not None and (not _number(value) or value < 0):
+            raise ConfigError(f"'{field}' must be a number >= 0 or null (got {value!r})", field=field, value=value)
+
+    return check
+
+
 def _ratio(field: str):
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         if value is not None and (not _number(value) or not 0.0 < value <= 2.0):
@@ -83,8 +91,8 @@ class EagleOptions:
     the head's calibrated confidence says pays for itself, possibly nothing, and a head whose drafts keep failing is
     run less and less often (at most every ``max_skip`` + 1 steps). ``adaptive=False`` drafts exactly K tokens
     every step (for measuring raw acceptance). Costs are relative to one plain decode step of the target: a draft
-    step costs ``draft_cost``, a verify pass over k drafts ``1 + cost_jump + cost_per_token * k`` (the ngram
-    method's cost curve; defaults measured on SmolLM2-135M, 2 CPU cores). ``confidence_prior``: the acceptance
+    step costs ``draft_cost``, a verify pass over k drafts ``1 + cost_jump + cost_per_token * k`` (None: the
+    core's curve for the device and linear kernel in use, ``specdecode.kernels.verify_cost``). ``confidence_prior``: the acceptance
     chance per unit of head confidence assumed before this generation's verify results correct it (None: the
     ratios train-eagle measured for the head, stored in its eagle_head.json; 0.7 for a head without them).
     """
@@ -93,8 +101,10 @@ class EagleOptions:
     use_draft_vocab: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     draft_cost: float = attrs.field(default=0.08, validator=_non_negative("method_options.draft_cost"))
-    cost_jump: float = attrs.field(default=0.05, validator=_non_negative("method_options.cost_jump"))
-    cost_per_token: float = attrs.field(default=0.09, validator=_non_negative("method_options.cost_per_token"))
+    cost_jump: float | None = attrs.field(default=None, validator=_optional_non_negative("method_options.cost_jump"))
+    cost_per_token: float | None = attrs.field(
+        default=None, validator=_optional_non_negative("method_options.cost_per_token")
+    )
     confidence_prior: float | None = attrs.field(default=None, validator=_ratio("method_options.confidence_prior"))
     max_skip: int = attrs.field(default=16, validator=_count("method_options.max_skip"))
 

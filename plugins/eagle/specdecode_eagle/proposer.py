@@ -40,6 +40,7 @@ from collections.abc import Sequence
 
 import torch
 from specdecode import ConfigError, Proposal, Proposer, ProposeRequest, StartContext, VerifyResult
+from specdecode.kernels import VerifyCost, verify_cost
 from specdecode.sampling import sample, warp_probs
 
 from .head import EagleDrafter
@@ -107,11 +108,18 @@ class EagleProposer(Proposer):
 
         self.drafter = drafter
         self.options = options if options is not None else EagleOptions()
+        self.verify_cost = self._verify_cost(None)
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
         self.next_logits: torch.Tensor | None = None  # [1, V'] draft scores of x_{m+1}
         self.next_feature: torch.Tensor | None = None  # [1, 1, H] predicted f_m
         self._reset()
+
+    def _verify_cost(self, device) -> VerifyCost:
+        """The options' verify-cost curve, the core's for ``device`` where they leave it at None."""
+        default = verify_cost(device)
+        jump, per_token = self.options.cost_jump, self.options.cost_per_token
+        return VerifyCost(default.jump if jump is None else jump, default.per_token if per_token is None else per_token)
 
     def _reset(self) -> None:
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued (hidden [1, n, H], tokens [1, n])
@@ -146,6 +154,7 @@ class EagleProposer(Proposer):
                 field="hidden_states",
                 value=got,
             )
+        self.verify_cost = self._verify_cost(ids.device)
         self.cache = self.drafter.new_cache()
         self.committed = 0
         self.next_logits = self.next_feature = None
@@ -226,7 +235,7 @@ class EagleProposer(Proposer):
                 q = logits.float().softmax(dim=-1) if sampling.greedy else warp_probs(logits, sampling)  # [1, V']
                 confidence = float(q.max())
                 gain = survive * calibration.predict(i, confidence)
-                added = options.cost_per_token + (options.cost_jump if i == 0 else 0.0)
+                added = self.verify_cost.per_token + (self.verify_cost.jump if i == 0 else 0.0)
                 if gain * cost <= self.RATE_MARGIN * expected * added:
                     if not (explore and i == 0):
                         break
@@ -243,7 +252,7 @@ class EagleProposer(Proposer):
                     break
                 # One more draft step pays only if the next draft, at a similar confidence, would be kept.
                 next_gain = survive * calibration.predict(i + 1, confidence)
-                if next_gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + options.cost_per_token):
+                if next_gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + self.verify_cost.per_token):
                     break
                 cost += options.draft_cost
                 feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)

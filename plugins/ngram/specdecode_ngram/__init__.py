@@ -6,8 +6,9 @@ tokens arrive, so a step costs O(window), not a rescan of the sequence.
 
 Speculation is not free: a target forward over k+1 tokens costs more than over one. With ``adaptive=True`` (the
 default) the proposer therefore drafts only when it expects to gain: it keeps running acceptance estimates per match
-length and, with a verify-cost curve given by the options (``specdecode tune`` measures it), picks the k that
-maximises expected tokens per unit of cost (Leviathan et al.), drafting nothing when no k beats a plain step.
+length and, with a verify-cost curve (options; ``specdecode tune`` measures it), picks the k that
+maximises expected tokens per unit of cost (Leviathan et al.), drafting nothing when no k beats a plain step. The
+curve defaults to the core's for the device and linear kernel in use (``specdecode.kernels.verify_cost``).
 Decisions depend only on the tokens seen, never on timings, so seeded sampling stays reproducible.
 """
 
@@ -18,6 +19,7 @@ import specdecode
 import torch
 from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
 from specdecode.errors import invalid
+from specdecode.kernels import VerifyCost, verify_cost
 
 
 def _fraction(instance, attribute, value) -> None:
@@ -34,10 +36,12 @@ class NgramOptions:
     # Prior acceptance of a draft's first token for a match of n tokens: prior_first + prior_per_ngram * n.
     prior_first: float = attrs.field(default=0.35, validator=_fraction)
     prior_per_ngram: float = attrs.field(default=0.1, validator=_fraction)
-    # Verify cost of k drafts relative to a plain step: 1 + cost_jump + cost_per_token * k. Defaults: SmolLM2-135M
-    # on 2 CPU cores with specdecode's few-rows verify kernel (see `specdecode tune` to measure yours).
-    cost_jump: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
-    cost_per_token: float = attrs.field(default=0.09, validator=attrs.validators.ge(0.0))
+    # Verify cost of k drafts relative to a plain step: 1 + cost_jump + cost_per_token * k. None: the core's curve
+    # for the device and linear kernel in use (specdecode.kernels.verify_cost; `specdecode tune` measures yours).
+    cost_jump: float | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0)))
+    cost_per_token: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0))
+    )
 
 
 class NgramIndex:
@@ -83,8 +87,9 @@ class AcceptanceModel:
     PRIOR_WEIGHT = 2.0  # pseudo-observations behind each prior
     DECAY = 0.98  # older evidence fades, so estimates follow the text's current regime
 
-    def __init__(self, options: NgramOptions, max_n: int, max_k: int):
+    def __init__(self, options: NgramOptions, max_n: int, max_k: int, device: torch.device | str | None = None):
         self.options = options
+        self.set_device(device)
         self.first = {n: [self._prior_first(n) * self.PRIOR_WEIGHT, self.PRIOR_WEIGHT] for n in range(1, max_n + 1)}
         self.later = [0.8 * self.PRIOR_WEIGHT, self.PRIOR_WEIGHT]
         self.max_k = max_k
@@ -93,11 +98,17 @@ class AcceptanceModel:
     def _prior_first(self, n: int) -> float:
         return min(0.95, self.options.prior_first + self.options.prior_per_ngram * n)
 
+    def set_device(self, device: torch.device | str | None) -> None:
+        """Take the verify-cost curve of ``device`` for the options left at None."""
+        default = verify_cost(device)
+        jump, per_token = self.options.cost_jump, self.options.cost_per_token
+        self.verify_cost = VerifyCost(
+            default.jump if jump is None else jump, default.per_token if per_token is None else per_token
+        )
+
     def cost(self, k: int) -> float:
         """Verify cost with k drafts relative to a plain step."""
-        if k == 0:
-            return 1.0
-        return 1.0 + self.options.cost_jump + self.options.cost_per_token * k
+        return self.verify_cost(k)
 
     def best_k(self, n: int, available: int) -> int:
         """The k (0 = no drafting) that maximises expected tokens per unit of verify cost."""
@@ -145,6 +156,8 @@ class NgramProposer(PerSequenceProposer):
     def start(self, context: StartContext) -> None:
         self.indexes = {}
         self.pending = {}
+        ids = getattr(context, "input_ids", None)
+        self.model.set_device(None if ids is None else ids.device)
 
     def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         ngram = self.indexes.get(index)
