@@ -215,7 +215,12 @@ def _add_points(result: TuneResult, bench: BenchResult, configs: Sequence[Specul
 
 
 def format_report(result: TuneResult) -> str:
-    lines = [f"verify cost (target forward on a {result.costs.context}-token cache, median):"]
+    from .kernels import backend
+
+    lines = [
+        f"verify cost (target forward on a {result.costs.context}-token cache, median; "
+        f"CPU linear kernel: {backend()}):"
+    ]
     base = result.costs.seconds[1]
     lines.append(
         "  " + "  ".join(f"{n}:{s * 1000:.1f}ms({s / base:.2f}x)" for n, s in result.costs.seconds.items())
