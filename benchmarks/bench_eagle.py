@@ -112,16 +112,19 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {c: {"plain_s": 0.0, "plain_k_s": 0.0, "tokens": 0, **{k: {"s": 0.0, "stats": None} for k in ks}} for c in categories}
     mismatches = 0
+
+    def plain_generate(ids):
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                              do_sample=False)
+
     for question, ids in prompts:
         row = rows[question.category]
-        plain, seconds = timed(lambda ids=ids: model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens, do_sample=False))
+        plain, seconds = timed(lambda ids=ids: plain_generate(ids))
         row["plain_s"] += seconds
         row["tokens"] += plain.shape[1] - ids.shape[1]
         if args.kernel_baseline:
             with few_rows_linear():
-                _, seconds = timed(lambda ids=ids: model.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens, do_sample=False))
+                _, seconds = timed(lambda ids=ids: plain_generate(ids))
             row["plain_k_s"] += seconds
         for k in ks:
             config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k, draft_model=args.head,

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     def plain_kernel(ids):
         # Plain generate on specdecode's few-rows linear kernel: what the kernel alone gives, without speculation.
         with few_rows_linear():
-            return model.generate(ids, **plain_kwargs)
+            return plain(ids)
 
     def hf_lookup(ids, k, ngram):
         return model.generate(ids, prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram, **plain_kwargs)

@@ -54,9 +54,8 @@ def test_native_kernel_is_used_and_leaves_other_calls_alone(monkeypatch):
     torch.testing.assert_close(declined, _reference(x, w), rtol=1e-5, atol=1e-4)
 
 
+@native
 def test_native_kernel_declines_what_it_cannot_do():
-    if kernels.backend() != "native":
-        pytest.skip("the native kernel cannot be built here")
     w = torch.randn(16, 64).t().contiguous().t()  # a transposed view
     assert kernels._native_linear(torch.randn(2, 64), w) is None
 
@@ -107,3 +106,5 @@ def test_verify_cost_curves():
     assert curve(1) == pytest.approx(1.0 + curve.jump + curve.per_token)
     assert curve(5) > curve(1) > 1.0
     assert kernels.verify_cost("meta") == kernels._CPU_VERIFY_COSTS["torch"]
+    assert kernels.verify_cost("cpu", jump=0.0) == kernels.VerifyCost(0.0, curve.per_token)
+    assert kernels.verify_cost("cpu", per_token=0.3) == kernels.VerifyCost(curve.jump, 0.3)

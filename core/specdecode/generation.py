@@ -27,7 +27,7 @@ from . import sampling
 from .batching import CacheSlots, RightAlignedTokens, check_left_padded
 from .config import SpeculativeConfig
 from .errors import ConfigError, SpecDecodeError, invalid
-from .kernels import FEW_ROWS_LINEAR, few_rows_linear
+from .kernels import few_rows_linear
 from .proposer import Proposal, Proposer, ProposeRequest, SamplingParams, StartContext, VerifyResult
 from .registry import get_method
 from .schedules import StepOutcome, make_schedule
@@ -211,15 +211,14 @@ class _Loop:
         extra = {}
         if attention_mask is not None:
             extra = {"attention_mask": attention_mask, "position_ids": position_ids}
-        with few_rows_linear(FEW_ROWS_LINEAR):  # cheaper CPU decode and verify passes, see kernels.py
-            out = self.model(
-                input_ids=ids,
-                use_cache=True,
-                output_hidden_states=want_hidden,
-                logits_to_keep=logits_to_keep,
-                **{self.cache_kwarg: cache},
-                **extra,
-            )
+        out = self.model(  # inside run()'s few_rows_linear block: cheaper CPU decode and verify passes
+            input_ids=ids,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+            logits_to_keep=logits_to_keep,
+            **{self.cache_kwarg: cache},
+            **extra,
+        )
         self.stats.time_target += time.perf_counter() - start
         self.stats.target_forwards += 1
         hidden = out.hidden_states[-1] if want_hidden else None
@@ -295,7 +294,7 @@ class _Loop:
 
         # The whole loop, proposers included, runs on the few-rows linear kernels (kernels.py): a draft model or a
         # head decodes a row or a few at a time too. Prefills and other wide products keep F.linear.
-        with torch.inference_mode(), few_rows_linear(FEW_ROWS_LINEAR):
+        with torch.inference_mode(), few_rows_linear():
             logits, hidden = self.forward(
                 prompt, cache, want_hidden, 1, slots.mask, slots.prefill_positions()
             )

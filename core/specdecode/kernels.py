@@ -64,7 +64,6 @@ def _mode_from_env() -> str:
 
 
 MODE = _mode_from_env()
-FEW_ROWS_LINEAR = MODE != "off"  # kept for callers that pass it as ``enabled``
 
 
 def _cpu_supported() -> bool:
@@ -178,7 +177,7 @@ def _few_rows_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 @contextlib.contextmanager
-def few_rows_linear(enabled: bool = True, mode: str | None = None) -> Iterator[None]:
+def few_rows_linear(mode: str | None = None) -> Iterator[None]:
     """Within this block (this thread only), CPU linear layers over 1..MAX_ROWS rows take the cheaper path.
 
     ``mode`` overrides ``SPECDECODE_FEW_ROWS_LINEAR`` ('native', 'torch' or 'off') for this block.
@@ -188,7 +187,7 @@ def few_rows_linear(enabled: bool = True, mode: str | None = None) -> Iterator[N
         raise ValueError(f"few_rows_linear mode must be one of {', '.join(MODES)}; got {chosen!r}")
     if chosen == "native" and _load_native() is None:
         chosen = "torch"
-    if not enabled or chosen == "off":
+    if chosen == "off":
         yield
         return
     if F.linear is not _few_rows_linear:
@@ -222,13 +221,17 @@ _CPU_VERIFY_COSTS = {
 }
 
 
-def verify_cost(device: torch.device | str | None = None) -> VerifyCost:
-    """The default verify-cost curve of specdecode's forwards on ``device``, for proposers that weigh drafts.
+def verify_cost(
+    device: torch.device | str | None = None, jump: float | None = None, per_token: float | None = None
+) -> VerifyCost:
+    """The verify-cost curve of specdecode's forwards on ``device``, for proposers that weigh drafts; ``jump`` and
+    ``per_token``, where given (a proposer's options), replace the default's.
 
     CPU: by the active backend (measured on one machine; `specdecode tune` measures yours). Other devices: the
     CPU's ``torch`` curve, a conservative guess (accelerators verify a few tokens for nearly the price of one).
     """
     kind = torch.device(device).type if device is not None else "cpu"
-    if kind != "cpu":
-        return _CPU_VERIFY_COSTS["torch"]
-    return _CPU_VERIFY_COSTS[backend()]
+    default = _CPU_VERIFY_COSTS["torch" if kind != "cpu" else backend()]
+    return VerifyCost(
+        default.jump if jump is None else jump, default.per_token if per_token is None else per_token
+    )

@@ -51,14 +51,14 @@ def measure_verify_costs(model: Any, input_ids: Any, max_tokens: int, repeats: i
     import torch
     from transformers import DynamicCache
 
-    from .kernels import FEW_ROWS_LINEAR, few_rows_linear
+    from .kernels import few_rows_linear
 
     cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
     # The same linear kernels as specdecode's own forwards (kernels.py), so the curve is the loop's.
-    with torch.inference_mode(), few_rows_linear(FEW_ROWS_LINEAR):
+    with torch.inference_mode(), few_rows_linear():
         model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
         if hasattr(cache, "activate_past_recording"):
             cache.activate_past_recording()  # sliding-window layers must keep what crop() gives back

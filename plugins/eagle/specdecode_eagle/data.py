@@ -155,7 +155,7 @@ def generate_responses(
     specdecode's few-rows linear kernel (the same products, computed as ``W @ x^T``; about 1.6x faster per row at
     batch 16 on a CPU)."""
     from specdecode.batching import left_pad
-    from specdecode.kernels import FEW_ROWS_LINEAR, few_rows_linear
+    from specdecode.kernels import few_rows_linear
 
     responses: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
@@ -164,7 +164,7 @@ def generate_responses(
         rows = order[start : start + batch_size]
         ids, mask = left_pad([prompts[i] for i in rows], pad_token_id)
         width = ids.shape[1]
-        with torch.inference_mode(), few_rows_linear(FEW_ROWS_LINEAR):
+        with torch.inference_mode(), few_rows_linear():
             out = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=pad_token_id, eos_token_id=eos or None,

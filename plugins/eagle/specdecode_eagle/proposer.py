@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import torch
 from specdecode import ConfigError, Proposal, Proposer, ProposeRequest, StartContext, VerifyResult
-from specdecode.kernels import VerifyCost, verify_cost
+from specdecode.kernels import verify_cost
 from specdecode.sampling import sample, warp_probs
 
 from .head import EagleDrafter
@@ -108,18 +108,12 @@ class EagleProposer(Proposer):
 
         self.drafter = drafter
         self.options = options if options is not None else EagleOptions()
-        self.verify_cost = self._verify_cost(None)
+        self.verify_cost = verify_cost(None, self.options.cost_jump, self.options.cost_per_token)
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
         self.next_logits: torch.Tensor | None = None  # [1, V'] draft scores of x_{m+1}
         self.next_feature: torch.Tensor | None = None  # [1, 1, H] predicted f_m
         self._reset()
-
-    def _verify_cost(self, device) -> VerifyCost:
-        """The options' verify-cost curve, the core's for ``device`` where they leave it at None."""
-        default = verify_cost(device)
-        jump, per_token = self.options.cost_jump, self.options.cost_per_token
-        return VerifyCost(default.jump if jump is None else jump, default.per_token if per_token is None else per_token)
 
     def _reset(self) -> None:
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # queued (hidden [1, n, H], tokens [1, n])
@@ -154,7 +148,7 @@ class EagleProposer(Proposer):
                 field="hidden_states",
                 value=got,
             )
-        self.verify_cost = self._verify_cost(ids.device)
+        self.verify_cost = verify_cost(ids.device, self.options.cost_jump, self.options.cost_per_token)
         self.cache = self.drafter.new_cache()
         self.committed = 0
         self.next_logits = self.next_feature = None

@@ -19,7 +19,7 @@ import specdecode
 import torch
 from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
 from specdecode.errors import invalid
-from specdecode.kernels import VerifyCost, verify_cost
+from specdecode.kernels import verify_cost
 
 
 def _fraction(instance, attribute, value) -> None:
@@ -100,11 +100,7 @@ class AcceptanceModel:
 
     def set_device(self, device: torch.device | str | None) -> None:
         """Take the verify-cost curve of ``device`` for the options left at None."""
-        default = verify_cost(device)
-        jump, per_token = self.options.cost_jump, self.options.cost_per_token
-        self.verify_cost = VerifyCost(
-            default.jump if jump is None else jump, default.per_token if per_token is None else per_token
-        )
+        self.verify_cost = verify_cost(device, self.options.cost_jump, self.options.cost_per_token)
 
     def cost(self, k: int) -> float:
         """Verify cost with k drafts relative to a plain step."""
