@@ -6,8 +6,8 @@
 Steps (see docs/methods/eagle.md):
 
 1. Data: the target's own greedy responses to the training split of Spec-Bench (question_id % 4 != 0: all 360 first
-   turns by default, taken round-robin over the six categories, plus the second turns of the MT-bench ones), then
-   the last-layer hidden state of every token from one teacher-forced forward pass per sequence (see data.py).
+   turns by default, taken round-robin over the six categories, plus the second turns of the MT-bench ones), with
+   the last-layer hidden state of every token, recorded while generate computes it (see data.py).
    Cached in ``OUT/data.pt`` so a second run skips it.
 2. Draft vocabulary: the ``--draft-vocab-size`` token ids seen most often in that data, topped up with the lowest ids
    (BPE vocabularies list frequent merges first). The head only scores these, which makes training and drafting
@@ -45,20 +45,21 @@ from .data import (
     Sample,
     chat_ids,
     chat_prompt,
+    collect,
     fit_text,
-    generate_responses,
     load_questions,
     max_prompt_tokens_for_text,
     round_robin,
     split,
-    teacher_forced,
 )
 from .head import EagleDrafter, EagleHead, HeadConfig
 
-FEATURE_WEIGHT = 1.0  # EAGLE's weights: the feature loss leads, the token loss keeps it honest about argmax
+# EAGLE's weights: the feature loss leads, the token loss keeps it honest about argmax. A token weight of 1.0 looked
+# better in 10-minute runs but not in a whole run (docs/methods/eagle.md, "Loss").
+FEATURE_WEIGHT = 1.0
 TOKEN_WEIGHT = 0.1
 UNROLL_DECAY = 0.8  # weight of unrolled step s: 0.8^(s-1), as EAGLE-3 weights its training-time-test steps
-DATA_FORMAT = 2  # bump when collection changes, so an old OUT/data.pt is not reused
+DATA_FORMAT = 3  # bump when collection changes, so an old OUT/data.pt is not reused
 VALIDATE_MAX_NEW_TOKENS = 64
 
 
@@ -83,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-tokens", type=int, default=1024, help="tokens per optimizer step (about)")
+    parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT, help="weight of the feature loss")
+    parser.add_argument("--token-weight", type=float, default=TOKEN_WEIGHT, help="weight of the token loss")
     parser.add_argument("--feature-noise", type=float, default=0.05, help="input noise std, relative to feature RMS")
     parser.add_argument("--unroll", type=int, default=2,
                         help="draft steps trained per position: 1 = teacher forcing only, 2 = also on own features")
@@ -127,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"{len(train)} training sequences ({sum(len(s.tokens) for s in train)} tokens), {len(val)} held out; "
         f"training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
 
-    trainer = Trainer(head, model, draft_vocab, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll)
+    trainer = Trainer(head, model, draft_vocab, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll,
+                      feature_weight=args.feature_weight, token_weight=args.token_weight)
     history = trainer.fit(
         train, val, minutes=minutes, max_epochs=args.max_epochs, batch_tokens=args.batch_tokens,
         checkpoint_dir=out / "checkpoints", progress=not args.quiet, seed=args.seed,
@@ -139,13 +143,15 @@ def run(args: argparse.Namespace) -> int:
         "initialised_from": args.init,
         "trained": {
             "data": f"greedy responses of the target to Spec-Bench first turns{turns}, question_id % 4 != 0 "
-            f"(round-robin over {', '.join(CATEGORIES)}); features from a teacher-forced forward pass",
+            f"(round-robin over {', '.join(CATEGORIES)}); features recorded while generating them",
             "num_prompts": len(samples),
             "second_turns": args.second_turns,
             "max_new_tokens": args.max_new_tokens,
             "max_prompt_tokens": args.max_prompt_tokens,
             "train_tokens": sum(len(s.tokens) for s in train),
             "unroll": args.unroll,
+            "feature_weight": args.feature_weight,
+            "token_weight": args.token_weight,
             "epochs": len(history),
             "collect_seconds": round(collect_seconds),
             "train_seconds": round(train_seconds),
@@ -202,12 +208,10 @@ def collect_or_load(model: Any, tokenizer: Any, args: argparse.Namespace, out: P
     log(f"collecting greedy responses to {len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens, up to "
         f"{args.max_new_tokens} new tokens each, batches of {args.collect_batch_size})")
     with _bar(len(prompts), "responses", not args.quiet) as bar:
-        responses = generate_responses(
+        responses, samples = collect(
             model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
             eos_token_ids=eos_ids, pad_token_id=pad, progress=bar,
         )
-    sequences = [p + r for p, r in zip(prompts, responses)]
-    prompt_lengths = [len(p) for p in prompts]
     two = [i for i, q in enumerate(questions) if len(q.turns) > 1] if args.second_turns else []
     if two:
         # The whole conversation replaces the first turn's sample: its first part is that sample, token for token
@@ -221,21 +225,14 @@ def collect_or_load(model: Any, tokenizer: Any, args: argparse.Namespace, out: P
             for i in two
         ]
         with _bar(len(two), "second turns", not args.quiet) as bar:
-            second = generate_responses(
+            _, second = collect(
                 model, conversations, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
                 eos_token_ids=eos_ids, pad_token_id=pad, progress=bar,
             )
-        for i, conversation, response in zip(two, conversations, second):
-            sequences[i] = conversation + response
-            prompt_lengths[i] = len(conversation)
-    generated = time.perf_counter() - t
-    log(f"generated {sum(len(r) for r in responses)} response tokens"
-        + (f" and {len(two)} second turns" if two else "") + f" in {generated:.0f}s")
-    with _bar(len(sequences), "features", not args.quiet) as bar:
-        samples = teacher_forced(model, sequences, prompt_lengths, progress=bar)
-    log(f"collected {sum(len(s.tokens) for s in samples)} tokens ("
-        f"{sum(len(s.tokens) - s.prompt_length for s in samples)} response tokens) in {time.perf_counter() - t:.0f}s "
-        f"(features {time.perf_counter() - t - generated:.0f}s)")
+        for i, sample in zip(two, second):
+            samples[i] = sample
+    log(f"collected {sum(len(s.tokens) for s in samples)} tokens ({sum(len(r) for r in responses)} first-turn "
+        f"response tokens" + (f", {len(two)} second turns" if two else "") + f") in {time.perf_counter() - t:.0f}s")
     torch.save({"key": key, "samples": [(s.tokens, s.hidden, s.prompt_length) for s in samples]}, cache)
     return samples
 
@@ -259,7 +256,7 @@ class Trainer:
 
     def __init__(
         self, head: EagleHead, target: Any, draft_vocab: torch.Tensor | None, *, lr: float, feature_noise: float,
-        unroll: int = 1,
+        unroll: int = 1, feature_weight: float = FEATURE_WEIGHT, token_weight: float = TOKEN_WEIGHT,
     ):
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1 (got {unroll})")
@@ -269,6 +266,8 @@ class Trainer:
         self.lr = lr
         self.feature_noise = feature_noise
         self.unroll = unroll
+        self.feature_weight = feature_weight
+        self.token_weight = token_weight
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
     def batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
@@ -350,7 +349,7 @@ class Trainer:
         total = None
         parts = self._outputs(batch, noise)
         for s, part in enumerate(parts):
-            step = FEATURE_WEIGHT * part["feature"].mean() + TOKEN_WEIGHT * part["token"].mean()
+            step = self.feature_weight * part["feature"].mean() + self.token_weight * part["token"].mean()
             total = step if total is None else total + UNROLL_DECAY**s * step
         first = parts[0]
         return {"loss": total, "feature": first["feature"].mean(), "token": first["token"].mean(),
@@ -386,7 +385,7 @@ class Trainer:
         for group in self.batches(samples, batch_tokens, random.Random(0)):
             parts = self._outputs(self.batch(group), 0.0)
             for s, part in enumerate(parts):
-                step = FEATURE_WEIGHT * part["feature"] + TOKEN_WEIGHT * part["token"]
+                step = self.feature_weight * part["feature"] + self.token_weight * part["token"]
                 add(f"loss{s}", step)
                 if s == 0:
                     add("feature", part["feature"])

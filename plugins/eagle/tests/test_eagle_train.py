@@ -1,4 +1,5 @@
-"""The training recipe on a tiny target: collected states line up with a plain forward, and training lowers the loss."""
+"""The training recipe on a tiny target: states recorded during batched generate line up with an unpadded forward,
+and training lowers the loss."""
 
 import argparse
 
@@ -16,7 +17,11 @@ VOCAB = 48
 def _samples(target):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 7, 4)]
-    return prompts, collect(target, prompts, max_new_tokens=10, batch_size=4, eos_token_ids=set())
+    responses, samples = collect(target, prompts, max_new_tokens=10, batch_size=4, eos_token_ids=set())
+    assert [len(r) for r in responses] == [10] * len(prompts)
+    # A sample is prompt + response but its last token (generate never reads that one back).
+    assert [s.tokens.tolist() for s in samples] == [p + r[:-1] for p, r in zip(prompts, responses)]
+    return prompts, samples
 
 
 def test_collected_states_match_an_unpadded_forward():
