@@ -97,7 +97,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad numbers before the model loads and collection starts (minutes of work), naming the flag."""
+    from specdecode.errors import invalid
+
+    at_least = {"max_new_tokens": 1, "max_prompt_tokens": 16, "collect_batch_size": 1, "batch_tokens": 1,
+                "unroll": 1, "max_epochs": 1, "num_prompts": 0, "draft_vocab_size": 0, "validate_prompts": 0}
+    for name, low in at_least.items():
+        value = getattr(args, name)
+        if value < low:
+            raise invalid(f"--{name.replace('_', '-')}", value, f"an integer >= {low}")
+    for name in ("feature_weight", "token_weight", "feature_noise"):
+        value = getattr(args, name)
+        if not value >= 0 or math.isinf(value):
+            raise invalid(f"--{name.replace('_', '-')}", value, "a finite number >= 0")
+    if args.feature_weight == 0 and args.token_weight == 0:
+        raise invalid("--token-weight", args.token_weight, "> 0 when --feature-weight is 0 (nothing to train on)")
+    for name in ("lr", "total_minutes") + (("minutes",) if args.minutes is not None else ()):
+        value = getattr(args, name)
+        if not value > 0 or math.isinf(value):
+            raise invalid(f"--{name.replace('_', '-')}", value, "a finite number > 0")
+    if not 0 < args.validation_fraction < 1:
+        raise invalid("--validation-fraction", args.validation_fraction, "between 0 and 1 (exclusive)")
+    if args.threads is not None and args.threads < 1:
+        raise invalid("--threads", args.threads, "an integer >= 1")
+    if args.init is not None and not Path(args.init).is_dir():
+        raise invalid("--init", args.init, "an existing head directory")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -509,7 +538,13 @@ def log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m specdecode_eagle.train", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from specdecode.errors import SpecDecodeError
+
+    try:
+        return run(parser.parse_args(argv))
+    except SpecDecodeError as exc:  # the same one-line error and exit status as the specdecode command
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

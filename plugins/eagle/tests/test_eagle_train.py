@@ -3,6 +3,7 @@ and training lowers the loss."""
 
 import argparse
 
+import pytest
 import torch
 from specdecode.testing import tiny_llama
 from specdecode_eagle.checkpoint import load_head
@@ -100,3 +101,31 @@ def test_unrolled_steps_match_chained_drafting():
     after = trainer.evaluate(samples, batch_tokens=256)
     assert after["loss"] < 0.75 * before["loss"] and after["feature"] < 0.6 * before["feature"], (before, after)
     assert after["loss_step2"] < 0.8 * before["loss_step2"] and after["loss_step3"] < 0.8 * before["loss_step3"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--unroll", "0"], "'--unroll' must be an integer >= 1 (got 0)"),
+        (["--token-weight", "-1"], "'--token-weight' must be a finite number >= 0 (got -1.0)"),
+        (["--feature-weight", "0", "--token-weight", "0"], "'--token-weight' must be > 0 when --feature-weight is 0"),
+        (["--lr", "inf"], "'--lr' must be a finite number > 0 (got inf)"),
+        (["--validation-fraction", "1"], "'--validation-fraction' must be between 0 and 1"),
+        (["--init", "/no/such/head"], "'--init' must be an existing head directory (got '/no/such/head')"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
+    import specdecode.models
+    from specdecode.errors import ConfigError
+    from specdecode_eagle.train import run
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model must not load for bad arguments")
+
+    monkeypatch.setattr(specdecode.models, "load_model", no_model)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ConfigError) as error:
+        run(parser.parse_args(["--out", str(tmp_path / "head"), *flags]))
+    assert message in str(error.value)
+    assert not (tmp_path / "head").exists()
