@@ -153,7 +153,8 @@ def collect(
     response without its last token, whose state ``generate`` never computes (it is never fed back).
 
     Prompts of similar length are batched, left-padded, with plain ``model.generate``; its decode steps run
-    specdecode's few-rows linear kernel (about 2.7x faster per row than transformers' own at batch 32 on a CPU). The
+    specdecode's few-rows linear kernel (a step at batch 32 after a 300-token prompt: 350-370 ms against 460-520 ms
+    with transformers' own products, 2 CPU threads). The
     states are the base model's ``last_hidden_state`` (post-norm, what the LM head reads), recorded by a forward
     hook on every call: the prefill gives the prompt's, each decode step the state of the token it read. The
     padded rows attend only to their own tokens, so these are the states an unpadded forward gives, up to rounding
