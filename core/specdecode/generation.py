@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import torch
 
-from . import sampling
+from . import sampling, trees
 from .batching import CacheSlots, RightAlignedTokens, check_left_padded
 from .config import SpeculativeConfig
 from .errors import ConfigError, SpecDecodeError, invalid
@@ -354,33 +354,21 @@ class _Loop:
                     proposal = Proposal.empty(batch, prompt.device)
                 draft_seconds = time.perf_counter() - t_step
                 stats.time_proposer += draft_seconds
-                draft, draft_lengths, q = self.drafts_for_running(proposal, k_budget, running_index, room)
-                k = draft.shape[1]
-
                 t_verify = time.perf_counter()
-                verify_ids = torch.cat([last.unsqueeze(1), draft], dim=1)  # [R, k+1]
-                attention_mask, position_ids = slots.forward_inputs(k + 1)
-                logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, attention_mask, position_ids)
-                num_accepted, next_tokens = self.accept(logits, draft, draft_lengths, q)  # [R], [R]
-                # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
-                parts = [num_accepted, next_tokens, draft.reshape(-1)]
-                if draft_lengths is not None:
-                    parts.append(draft_lengths)
-                host = torch.cat(parts).tolist()
+                if proposal.parents is not None and proposal.num_tokens > 0:
+                    verified = self.verify_tree(proposal, last, cache, slots, want_hidden, min(k_budget, room[0]))
+                else:
+                    verified = self.verify_chain(proposal, last, cache, slots, want_hidden, k_budget,
+                                                 running_index, room)
+                num_accepted, next_tokens, hidden, kept_tokens, nexts, drafted, k = verified
+                accepted = [len(t) for t in kept_tokens]
                 verify_seconds = time.perf_counter() - t_verify
-                accepted, nexts = host[:rows], host[rows : 2 * rows]
-                drafted = host[2 * rows + rows * k :] if draft_lengths is not None else [k] * rows
-                # The cache holds [.., last, d_1..d_k] per row; keep the longest accepted run, hide the rest.
-                kept = slots.advance(num_accepted, accepted)
-                if k + 1 > kept:
-                    cache.crop(-(k + 1 - kept))
 
                 new_tokens: list[list[int]] = [[] for _ in range(batch)]
                 finished = []
                 for i, b in enumerate(running):
-                    n = accepted[i]
                     before = len(generated[b])
-                    generated[b].extend(host[2 * rows + i * k : 2 * rows + i * k + n])
+                    generated[b].extend(kept_tokens[i])
                     generated[b].append(nexts[i])
                     # _finished truncates at eos / max_new_tokens / stop string.
                     if self._finished(b, generated[b], before):
@@ -430,6 +418,64 @@ class _Loop:
             for s, g in zip(self.sequence_stats, generated):
                 s.new_tokens = len(g)
         return generated
+
+    def verify_chain(self, proposal, last, cache, slots, want_hidden, k_budget, running_index, room):
+        """Score [last, d_1..d_k] for every running row, accept, and roll the cache back to the longest accepted
+        run. -> (num_accepted [R], next_tokens [R], hidden [R, k+1, H] or None, accepted drafts per row (host),
+        next tokens (host), drafted per row (host), k)."""
+        rows = last.shape[0]
+        draft, draft_lengths, q = self.drafts_for_running(proposal, k_budget, running_index, room)
+        k = draft.shape[1]
+        verify_ids = torch.cat([last.unsqueeze(1), draft], dim=1)  # [R, k+1]
+        attention_mask, position_ids = slots.forward_inputs(k + 1)
+        logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, attention_mask, position_ids)
+        num_accepted, next_tokens = self.accept(logits, draft, draft_lengths, q)  # [R], [R]
+        # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
+        parts = [num_accepted, next_tokens, draft.reshape(-1)]
+        if draft_lengths is not None:
+            parts.append(draft_lengths)
+        host = torch.cat(parts).tolist()
+        accepted, nexts = host[:rows], host[rows : 2 * rows]
+        drafted = host[2 * rows + rows * k :] if draft_lengths is not None else [k] * rows
+        kept_tokens = [host[2 * rows + i * k : 2 * rows + i * k + n] for i, n in enumerate(accepted)]
+        # The cache holds [.., last, d_1..d_k] per row; keep the longest accepted run, hide the rest.
+        kept = slots.advance(num_accepted, accepted)
+        if k + 1 > kept:
+            cache.crop(-(k + 1 - kept))
+        return num_accepted, next_tokens, hidden, kept_tokens, nexts, drafted, k
+
+    def verify_tree(self, proposal, last, cache, slots, want_hidden, max_depth):
+        """Score a tree proposal (batch size 1, greedy) in one forward pass and keep the path the target agrees
+        with (specdecode.trees). Returns what :meth:`verify_chain` returns; ``hidden`` holds [last, path] only, so
+        proposers see a chain of accepted tokens either way, and ``drafted`` is the tree's depth."""
+        if last.shape[0] != 1 or not self.params.greedy:
+            what = f"a batch of {last.shape[0]}" if last.shape[0] != 1 else "sampling (do_sample=True)"
+            raise ConfigError(
+                f"tree proposals are verified for one sequence under greedy decoding; this generation uses {what}. "
+                "A proposer should draft a chain here (leave Proposal.parents None)",
+                field="Proposal.parents",
+                value=proposal.parents,
+            )
+        parents = trees.check_parents(proposal.parents, proposal.num_tokens)
+        draft, parents = trees.limit_depth(proposal.token_ids[0].tolist(), parents, max_depth)
+        k, device = len(draft), last.device
+        past = slots.length
+        verify_ids = torch.cat([last, torch.tensor(draft, dtype=torch.long, device=device)]).unsqueeze(0)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = trees.attention_mask(parents, past, dtype, device)
+        positions = trees.position_ids(parents, slots.real_counts[0], device)
+        logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, mask, positions)
+        path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
+        n = len(path)
+        keep = [0] + [i + 1 for i in path]  # verify slots: 0 = the last token, i + 1 = node i
+        num_accepted = torch.tensor([n], device=device)
+        slots.advance(num_accepted, [n])
+        trees.keep_cache_slots(cache, past, keep)
+        if hidden is not None:
+            hidden = hidden[:, torch.tensor(keep, device=device)]
+        next_tokens = torch.tensor([next_token], device=device)
+        depth = max(trees.depths(parents), default=0)
+        return num_accepted, next_tokens, hidden, [[draft[i] for i in path]], [next_token], [depth], k
 
     def _drop(self, finished, running, slots, cache, last, batch):
         """Remove the finished target rows (positions in ``running``) from the target batch and its cache."""

@@ -77,11 +77,17 @@ class Proposal:
     never read). ``lengths=None`` means every sequence uses all k. ``draft_probs`` is the ``[B, k, V]``
     distribution each token was sampled from, or None for a deterministic proposer (q is then one-hot).
     A proposal with k == 0 means a plain decode step.
+
+    ``parents`` makes the k tokens a tree instead of a chain (batch size 1, greedy decoding): ``parents[i]`` is the
+    index of token i's parent, or -1 for a child of the last token, with ``parents[i] < i``. The target verifies
+    every branch in the same forward pass and keeps the longest path it agrees with; no more than
+    ``ProposeRequest.num_tokens`` tokens deep (see :mod:`specdecode.trees`).
     """
 
     token_ids: torch.Tensor  # [B, k] long
     draft_probs: torch.Tensor | None = None  # [B, k, V]
     lengths: torch.Tensor | None = None  # [B] long, 0 <= lengths[b] <= k
+    parents: tuple[int, ...] | None = None  # [k] tree proposals only
 
     @classmethod
     def empty(cls, batch_size: int, device: torch.device | str = "cpu") -> Proposal:

@@ -1,0 +1,136 @@
+"""Tree proposals: several candidate continuations verified in one forward pass (EAGLE-2, SpecInfer, Medusa).
+
+A tree proposal is k draft tokens plus ``parents``: ``parents[i]`` is the index of node i's parent among the
+drafts, or -1 when node i continues the last token directly. Parents come before their children, so
+``parents[i] < i``. A chain d_1..d_k is the tree ``parents = (-1, 0, 1, ..., k-2)``.
+
+The target reads [last token, d_1..d_k] at once: node i sits at position ``past + depth(i)`` and attends to the
+cache, the last token, its ancestors and itself (:func:`attention_mask`). Under greedy decoding the accepted path
+starts at the last token and steps to the child that equals the target's argmax there, as long as one does
+(:func:`greedy_path`); the target's argmax after the path's end is the next token. Exactly the tokens plain greedy
+decoding would give, so trees are lossless like chains. The cache then keeps the path's slots only
+(:func:`keep_cache_slots`).
+
+Letters: k drafts (tree nodes), P cached positions before the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+ROOT = -1  # the parent index of nodes that continue the last token
+
+
+def check_parents(parents: Sequence[int], k: int) -> tuple[int, ...]:
+    """``parents`` as a tuple of ints, or a ConfigError that says what is wrong."""
+    parents = tuple(int(p) for p in parents)
+    if len(parents) != k:
+        raise ConfigError(
+            f"Proposal.parents must have one entry per draft token ({k}), got {len(parents)}",
+            field="Proposal.parents",
+            value=parents,
+        )
+    for i, p in enumerate(parents):
+        if not ROOT <= p < i:
+            raise ConfigError(
+                f"Proposal.parents[{i}] must be -1 (the last token) or the index of an earlier draft (0..{i - 1}), "
+                f"got {p}",
+                field="Proposal.parents",
+                value=parents,
+            )
+    return parents
+
+
+def depths(parents: Sequence[int]) -> list[int]:
+    """Depth of every node: 1 for children of the last token."""
+    out: list[int] = []
+    for p in parents:
+        out.append(1 if p == ROOT else out[p] + 1)
+    return out
+
+
+def limit_depth(
+    token_ids: list[int], parents: tuple[int, ...], max_depth: int
+) -> tuple[list[int], tuple[int, ...]]:
+    """Drop the nodes deeper than ``max_depth`` (their descendants go with them); indices are renumbered."""
+    depth = depths(parents)
+    if max(depth, default=0) <= max_depth:
+        return token_ids, parents
+    new_index: dict[int, int] = {ROOT: ROOT}
+    tokens: list[int] = []
+    kept: list[int] = []
+    for i, (token, p) in enumerate(zip(token_ids, parents)):
+        if depth[i] <= max_depth:
+            new_index[i] = len(tokens)
+            tokens.append(token)
+            kept.append(new_index[p])
+    return tokens, tuple(kept)
+
+
+def attention_mask(parents: Sequence[int], past: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """Additive mask ``[1, 1, k+1, P+k+1]`` for reading [last token, d_1..d_k] after P cached positions: 0 where a
+    position may attend (the cache, the last token, its ancestors, itself), the dtype's minimum elsewhere."""
+    k = len(parents)
+    allowed = torch.zeros(k + 1, k + 1, dtype=torch.bool)
+    allowed[:, 0] = True  # everyone sees the last token
+    allowed[0, 0] = True
+    for i, p in enumerate(parents):
+        row = i + 1
+        if p != ROOT:
+            allowed[row] = allowed[p + 1]  # the parent's ancestors (its row is complete: parents come first)
+        allowed[row, row] = True
+    block = torch.zeros(k + 1, k + 1, dtype=dtype)
+    block.masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = torch.cat([torch.zeros(k + 1, past, dtype=dtype), block], dim=1)
+    return mask.view(1, 1, k + 1, past + k + 1).to(device)
+
+
+def position_ids(parents: Sequence[int], past: int, device: Any) -> torch.Tensor:
+    """``[1, k+1]``: the last token at ``past``, node i at ``past + depth(i)``."""
+    return torch.tensor([[past] + [past + d for d in depths(parents)]], device=device)
+
+
+def greedy_path(target_tokens: Sequence[int], draft: Sequence[int], parents: Sequence[int]) -> tuple[list[int], int]:
+    """The accepted nodes and the next token. ``target_tokens[j]`` is the target's argmax after verify position j
+    (0 = the last token, i + 1 = node i)."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        children.setdefault(p, []).append(i)
+    path: list[int] = []
+    node = ROOT
+    while True:
+        wanted = target_tokens[node + 1]
+        step = next((c for c in children.get(node, ()) if draft[c] == wanted), None)
+        if step is None:
+            return path, wanted
+        path.append(step)
+        node = step
+
+
+def keep_cache_slots(cache: Any, start: int, keep: Sequence[int]) -> None:
+    """The cache holds ``start`` positions plus this step's verify slots; keep slot ``start + j`` for j in ``keep``
+    (ascending), moved into place, and drop the other verify slots."""
+    total = cache.get_seq_length()
+    moved = [j for j in keep] != list(range(len(keep)))
+    if moved:
+        layers = getattr(cache, "layers", None)
+        if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            raise ConfigError(
+                "tree proposals need a plain transformers DynamicCache (no sliding-window or quantized layers); "
+                f"this model's cache is {type(cache).__name__}",
+                field="Proposal.parents",
+                value=None,
+            )
+        index = torch.tensor([start + j for j in keep], device=layers[0].keys.device)
+        end = start + len(keep)
+        for layer in layers:
+            layer.keys[:, :, start:end] = layer.keys.index_select(2, index)
+            layer.values[:, :, start:end] = layer.values.index_select(2, index)
+    drop = total - start - len(keep)
+    if drop > 0:
+        cache.crop(-drop)
