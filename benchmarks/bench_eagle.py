@@ -9,6 +9,8 @@ specdecode_eagle/data.py), first turn, in the chat template, the first N of each
 
 The proposer's back-off is on (the default: each step drafts only as deep as the head's calibrated confidence pays
 for, possibly nothing); ``--no-backoff`` drafts exactly K every step, which measures the head's raw acceptance.
+``--tree-widths 1,2`` runs every K once per tree width (1 = a chain; w > 1 = a tree with w continuations per node,
+at most ``--tree-nodes`` nodes, K deep), interleaved per prompt, so chains and trees meet the same load.
 
 Reported per category and K: mean acceptance length (vLLM's definition: 1 + accepted / drafting steps) and speedup
 = plain generate's wall time / EAGLE's wall time for the same prompts and tokens (plain = transformers
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", default=None, help="Spec-Bench question file (default: ../shared/data)")
     parser.add_argument("--backoff", action=argparse.BooleanOptionalAction, default=True,
                         help="the proposer's back-off (default on); --no-backoff drafts exactly K every step")
+    parser.add_argument("--tree-widths", default="2", help="comma-separated tree widths (1 = chain drafting)")
+    parser.add_argument("--tree-nodes", type=int, default=8, help="most tree nodes per step")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-kernel-baseline", dest="kernel_baseline", action="store_false",
                         help="skip plain generate on specdecode's linear kernel")
@@ -94,19 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ks = [int(k) for k in args.ks.split(",")]
+    widths = [int(w) for w in args.tree_widths.split(",")]
+    # One column per (K, tree width); labelled by K alone when there is one width.
+    ks = [(k, w) for w in widths for k in (int(k) for k in args.ks.split(","))]
+
+    def label(variant):
+        return f"K={variant[0]}" if len(widths) == 1 else f"K={variant[0]} w={variant[1]}"
+
     categories = [c for c in args.categories.split(",") if c]
 
     model, tokenizer = load_model(args.model)
     drafter = load_drafter(model, args.head)
     prompts = held_out_prompts(tokenizer, args.per_category, categories, args.questions)
-    print(f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, K in {ks}, "
+    print(f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, {[label(k) for k in ks]}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
 
     # Warm-up so the first timed run does not pay for lazy initialisation.
     warm = prompts[0][1]
     model.generate(warm, max_new_tokens=4, do_sample=False)
-    options = {"adaptive": args.backoff}
+    options = {"adaptive": args.backoff, "tree_nodes": args.tree_nodes}
     warm_config = {"method": "eagle", "method_options": options, **({"model": args.head} if args.head else {})}
     specdecode.generate(model, warm, warm_config, max_new_tokens=4, do_sample=False)
 
@@ -127,21 +137,21 @@ def main(argv: list[str] | None = None) -> int:
                 _, seconds = timed(lambda ids=ids: plain_generate(ids))
             row["plain_k_s"] += seconds
         for k in ks:
-            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k, draft_model=args.head,
-                                                  method_options=options)
+            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k[0], draft_model=args.head,
+                                                  method_options={**options, "tree_width": k[1]})
             out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
                 model, ids, config, max_new_tokens=args.max_new_tokens, do_sample=False))
             mismatches += int(not torch.equal(out.sequences, plain))
             row[k]["s"] += seconds
             row[k]["stats"] = out.stats if row[k]["stats"] is None else row[k]["stats"].merge(out.stats)
         print(f"  q{question.question_id} {question.category}: " + ", ".join(
-            f"K={k} tau {row[k]['stats'].mean_acceptance_length:.2f} drafting "
+            f"{label(k)} tau {row[k]['stats'].mean_acceptance_length:.2f} drafting "
             f"{row[k]['stats'].drafting_steps}/{row[k]['stats'].steps} steps" for k in ks), file=sys.stderr)
 
     cost = draft_step_cost(model, drafter, prompts[0][1], repeats=20)
     kb = args.kernel_baseline
-    header = "| category | " + " | ".join(f"mean acc. len K={k}" for k in ks) + " | " + " | ".join(
-        f"speedup K={k}" for k in ks) + " |" + ("".join(f" vs plain+k K={k} |" for k in ks) if kb else "")
+    header = "| category | " + " | ".join(f"mean acc. len {label(k)}" for k in ks) + " | " + " | ".join(
+        f"speedup {label(k)}" for k in ks) + " |" + ("".join(f" vs plain+k {label(k)} |" for k in ks) if kb else "")
     lines = [header, "|" + "---|" * (1 + (3 if kb else 2) * len(ks))]
     totals = {"plain_s": 0.0, "plain_k_s": 0.0, **{k: {"s": 0.0, "stats": None} for k in ks}}
     for category, row in rows.items():
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "mismatches": mismatches,
             "categories": {
                 c: {"plain_s": r["plain_s"], "plain_kernel_s": r["plain_k_s"], "tokens": r["tokens"],
-                    **{f"K={k}": {"seconds": r[k]["s"], **r[k]["stats"].to_dict()} for k in ks if r[k]["stats"]}}
+                    **{label(k): {"seconds": r[k]["s"], **r[k]["stats"].to_dict()} for k in ks if r[k]["stats"]}}
                 for c, r in rows.items()
             },
         }

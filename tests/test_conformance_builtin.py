@@ -78,6 +78,15 @@ SETUPS: dict[str, dict | list[dict]] = {
             },
             "options": {"adaptive": False},
         },
+        {
+            # Tree drafts under greedy decoding (sampling falls back to a chain, so those checks run too).
+            "label": "eagle-tree",
+            "config": lambda target: {
+                "draft_model": _eagle_head_for(target.config.vocab_size, target.config.hidden_size)
+            },
+            "options": {"adaptive": False, "tree_width": 3, "tree_nodes": 10},
+            "bad_options": [{"tree_width": 0}, {"tree_nodes": 0}, {"tree_width": 2.5}],
+        },
     ],
 }
 # method name -> why it cannot run on tiny random models (keep this empty if at all possible)

@@ -115,7 +115,9 @@ class ProposerProbe(Proposer):
         if ids.device != request.input_ids.device:
             self._fail(f"Proposal.token_ids is on {ids.device}, the tokens are on {request.input_ids.device}")
         k = ids.shape[1]
-        if k > request.num_tokens:
+        if proposal.parents is not None:
+            self._check_tree(proposal.parents, k, batch, request)
+        elif k > request.num_tokens:
             self._fail(
                 f"proposed {k} tokens but request.num_tokens was {request.num_tokens} (at most that many)"
             )
@@ -131,6 +133,21 @@ class ProposerProbe(Proposer):
             self._fail(f"draft token ids must be in [0, {self.vocab_size}) (got {ids.tolist()})")
         if proposal.draft_probs is not None:
             self._check_draft_probs(proposal.draft_probs, ids, lengths)
+
+    def _check_tree(self, parents: Any, k: int, batch: int, request: ProposeRequest) -> None:
+        from .. import trees
+        from ..errors import ConfigError
+
+        if batch != 1 or not request.sampling.greedy:
+            self._fail("Proposal.parents (a tree) is verified for batch size 1 under greedy decoding only; "
+                       f"this step has batch {batch}, greedy={request.sampling.greedy}")
+        try:
+            parents = trees.check_parents(parents, k)
+        except ConfigError as error:
+            self._fail(str(error))
+        depth = max(trees.depths(parents), default=0)
+        if depth > request.num_tokens:
+            self._fail(f"proposed a tree {depth} tokens deep but request.num_tokens was {request.num_tokens}")
 
     def _check_draft_probs(self, q: torch.Tensor, ids: torch.Tensor, lengths: list[int]) -> None:
         batch, k = ids.shape

@@ -79,6 +79,14 @@ def _count(field: str):
     return check
 
 
+def _positive(field: str):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"'{field}' must be an integer >= 1 (got {value!r})", field=field, value=value)
+
+    return check
+
+
 @attrs.frozen(kw_only=True)
 class EagleOptions:
     """Options of ``method="eagle"``.
@@ -107,6 +115,8 @@ class EagleOptions:
     )
     confidence_prior: float | None = attrs.field(default=None, validator=_ratio("method_options.confidence_prior"))
     max_skip: int = attrs.field(default=16, validator=_count("method_options.max_skip"))
+    tree_width: int = attrs.field(default=2, validator=_positive("method_options.tree_width"))
+    tree_nodes: int = attrs.field(default=8, validator=_positive("method_options.tree_nodes"))
 
 
 def default_head_path(target: Any) -> Path:

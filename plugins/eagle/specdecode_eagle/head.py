@@ -192,6 +192,18 @@ class EagleDrafter:
         positions = torch.arange(start, start + n, device=next_tokens.device).unsqueeze(0)
         return self.head(self.embed_tokens(next_tokens), hidden, positions, cache=cache)
 
+    def tree_features(
+        self, hidden: torch.Tensor, tokens: torch.Tensor, position: int, cache: Any, sees: torch.Tensor
+    ) -> torch.Tensor:
+        """Run the head on n tree nodes of one depth, all at ``position``: hidden [1, n, H] (each parent's predicted
+        feature), tokens [1, n], ``sees`` [n, past] bool: which cached positions each node attends to (the real
+        prefix and its ancestors). Appends the n nodes to the cache; -> features [1, n, H]."""
+        n = tokens.shape[1]
+        own = torch.eye(n, dtype=torch.bool, device=tokens.device)
+        mask = torch.cat([sees, own], dim=1).view(1, 1, n, sees.shape[1] + n)
+        positions = torch.full((1, n), position, device=tokens.device)
+        return self.head(self.embed_tokens(tokens), hidden, positions, cache=cache, full_mask=mask)
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., V'] scores over the draft vocabulary (the full vocabulary when there is none)."""
         return nn.functional.linear(features, self.lm_weight, self.lm_bias)

@@ -125,6 +125,7 @@ class EagleProposer(Proposer):
         # their ratios with the head as its calibration prior).
         self.tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
         self.confidences: list[float] = []  # confidence of each draft of the current step
+        self.tree: tuple[list[int], list[int], list[int], list[float]] | None = None  # this step's tree, if any
         self.idle = 0  # consecutive probes that drafted nothing
         self.skip_left = 0  # steps left in which the head is not run
         self.forced = False  # this step's d_1 was drafted only to explore
@@ -173,9 +174,10 @@ class EagleProposer(Proposer):
 
     def propose(self, request: ProposeRequest) -> Proposal:
         self.confidences = []
+        tree = self.options.tree_width > 1 and request.sampling.greedy
         if not self.options.adaptive:
             self._catch_up()
-            return self._draft_fixed(request)
+            return self._draft_tree(request) if tree else self._draft_fixed(request)
         if self.skip_left > 0:
             self.skip_left -= 1
             self.skipped += 1
@@ -183,7 +185,8 @@ class EagleProposer(Proposer):
         self._catch_up()
         self.probes += 1
         self.forced = False
-        proposal = self._draft_adaptive(request, explore=(self.idle + 1) % self.EXPLORE_EVERY == 0)
+        explore = (self.idle + 1) % self.EXPLORE_EVERY == 0
+        proposal = self._draft_tree(request, explore) if tree else self._draft_adaptive(request, explore)
         if proposal.num_tokens == 0 or self.forced:  # a forced exploring draft does not end the back-off
             self.idle += 1
             self.skip_left = 0 if self.idle < 2 else min(2 ** (self.idle - 2), self.options.max_skip)
@@ -253,6 +256,118 @@ class EagleProposer(Proposer):
                 logits = drafter.logits(feature[:, -1])
         return self._proposal(tokens, probs, request)
 
+    def _draft_tree(self, request: ProposeRequest, explore: bool = False) -> Proposal:
+        """A tree of drafts (greedy decoding; see the module docstring), at most ``num_tokens`` deep.
+
+        Depth by depth, the ``tree_width`` most valuable nodes of a depth are run through the head together (one
+        head pass per depth, as for a chain) and each gets its ``tree_width`` most likely continuations as
+        candidates. A node's value is the estimated chance that the target accepts the path to it, and the
+        expected tokens of a step are 1 + the sum of its nodes' values. With ``adaptive``, candidates join in order
+        of value while they pay for their verify slot, and the next depth is drafted only while it would pay for a
+        head pass (the chain's rule, applied to the best node); otherwise every candidate joins and the
+        ``tree_nodes`` most valuable nodes are kept (EAGLE-2's re-ranking), with raw head probabilities as values.
+        """
+        options, calibration, drafter = self.options, self.calibration, self.drafter
+        adaptive, width, max_nodes = options.adaptive, options.tree_width, options.tree_nodes
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        values: list[float] = []
+        confidences: list[float] = []
+        features: dict[int, torch.Tensor] = {}  # expanded node -> its predicted feature [1, 1, H]
+        slots: dict[int, int] = {}  # expanded node -> its position in the head's cache
+        expected, cost = 1.0, 1.0
+        device = request.input_ids.device
+
+        def candidates(parent: int, logits: torch.Tensor, depth: int) -> list[tuple[float, float, int, int]]:
+            probs, index = logits.float().softmax(dim=-1).topk(width)
+            ids = drafter.to_token_ids(index).tolist()
+            parent_value = values[parent] if parent >= 0 else 1.0
+            out = []
+            for p, token in zip(probs.tolist(), ids):
+                chance = calibration.predict(depth - 1, p) if adaptive else p
+                out.append((parent_value * chance, p, token, parent))
+            return out
+
+        with torch.inference_mode():
+            pending = candidates(-1, self.next_logits[0], 1)
+            for depth in range(1, request.num_tokens + 1):
+                pending.sort(key=lambda c: -c[0])
+                chosen: list[int] = []
+                for value, confidence, token, parent in pending:
+                    if adaptive:
+                        if len(tokens) >= max_nodes:
+                            break
+                        added = self.verify_cost.per_token + (self.verify_cost.jump if not tokens else 0.0)
+                        if value * cost <= self.RATE_MARGIN * expected * added:
+                            if not (explore and not tokens):
+                                break
+                            self.forced = True  # one draft now and then keeps the calibration honest
+                        expected, cost = expected + value, cost + added
+                    chosen.append(len(tokens))
+                    tokens.append(token)
+                    parents.append(parent)
+                    depths.append(depth)
+                    values.append(value)
+                    confidences.append(confidence)
+                if not chosen or depth == request.num_tokens:
+                    break
+                expand = chosen[:width]
+                if adaptive:
+                    best = expand[0]
+                    gain = values[best] * calibration.predict(depth, confidences[best])
+                    if gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + self.verify_cost.per_token):
+                        break
+                    cost += options.draft_cost
+                past = self.cache.get_seq_length()
+                sees = torch.zeros(len(expand), past, dtype=torch.bool, device=device)
+                sees[:, : self.committed] = True
+                for row, node in enumerate(expand):
+                    ancestor = parents[node]
+                    while ancestor >= 0:
+                        sees[row, slots[ancestor]] = True
+                        ancestor = parents[ancestor]
+                hidden = torch.cat([features[parents[n]] if parents[n] >= 0 else self.next_feature for n in expand], 1)
+                ids = torch.tensor([[tokens[n] for n in expand]], device=device)
+                out = drafter.tree_features(hidden, ids, self.committed + depth - 1, self.cache, sees)
+                logits = drafter.logits(out[0])  # [n, V']
+                pending = []
+                for row, node in enumerate(expand):
+                    slots[node] = past + row
+                    features[node] = out[:, row : row + 1]
+                    pending += candidates(node, logits[row], depth + 1)
+        if not adaptive and len(tokens) > max_nodes:  # keep the most valuable nodes; parents outrank children
+            keep = sorted(sorted(range(len(tokens)), key=lambda i: (-values[i], depths[i]))[:max_nodes])
+            renumber = {old: new for new, old in enumerate(keep)}
+            tokens, confidences, depths = ([seq[i] for i in keep] for seq in (tokens, confidences, depths))
+            parents = [renumber.get(parents[i], -1) for i in keep]
+        if not tokens:
+            return Proposal.empty(1, device)
+        self.tree = (tokens, parents, depths, confidences)
+        return Proposal(token_ids=torch.tensor([tokens], device=device), parents=tuple(parents))
+
+    def _observe_tree(self, result: VerifyResult) -> None:
+        """Calibrate from a tree step: every node whose parent the target accepted was reached; the accepted path
+        holds one of them per depth."""
+        tokens, parents, depths, confidences = self.tree
+        self.tree = None
+        n = result.num_accepted_list[0]
+        reached_depth = int(result.num_drafted[0])  # the loop may have cut the tree near max_new_tokens
+        accepted = result.input_ids[0, -(n + 1) : -1].tolist() if n else []
+        path = {-1}
+        node = -1
+        for token in accepted:
+            node = next(i for i, p in enumerate(parents) if p == node and tokens[i] == token)
+            path.add(node)
+        for i, parent in enumerate(parents):
+            if parent in path and depths[i] <= reached_depth:
+                on_path = i in path
+                self.calibration.observe(depths[i] - 1, confidences[i], on_path)
+                tally = self.tally[min(depths[i] - 1, Calibration.POSITIONS - 1)]
+                tally[0] += 1.0 if on_path else 0.0
+                tally[1] += confidences[i]
+                tally[2] += 1
+
     def _proposal(self, tokens: list[torch.Tensor], probs: list[torch.Tensor], request: ProposeRequest) -> Proposal:
         if not tokens:
             return Proposal.empty(1, request.input_ids.device)
@@ -262,6 +377,8 @@ class EagleProposer(Proposer):
 
     def on_verified(self, result: VerifyResult) -> None:
         n = result.num_accepted_list[0]
+        if self.tree is not None:
+            self._observe_tree(result)
         reached = min(n + 1, int(result.num_drafted[0]))  # drafts 0..n, of those the loop kept (it may cut some)
         for i, confidence in enumerate(self.confidences[:reached]):
             self.calibration.observe(i, confidence, i < n)

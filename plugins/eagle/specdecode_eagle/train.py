@@ -502,7 +502,7 @@ def validate_acceptance(model: Any, tokenizer: Any, head_dir: Path, args: argpar
     tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
     for q in questions:
         ids = torch.tensor([chat_prompt(tokenizer, q.text, args.max_prompt_tokens)])
-        proposer = EagleProposer(drafter, EagleOptions(adaptive=False))
+        proposer = EagleProposer(drafter, EagleOptions(adaptive=False, tree_width=1))  # the head alone: a chain
         out = specdecode.generate(model, ids, config, max_new_tokens=VALIDATE_MAX_NEW_TOKENS, do_sample=False,
                                   proposer=proposer)
         total = out.stats if total is None else total.merge(out.stats)
