@@ -31,6 +31,11 @@ the expected gain beats the cost:
   is not even run for the next 1, 2, 4, ... ``max_skip`` steps (their features are queued), and every 8th such
   probe drafts one token anyway, so a pessimistic calibration can recover.
 
+Trees (``EagleOptions.tree_width`` > 1, greedy decoding only): instead of one chain, each depth's most valuable
+nodes are run through the head together and each offers its ``tree_width`` best continuations; nodes join while
+they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass and hands
+back the accepted path as a chain, so the catch-up above is unchanged.
+
 Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
 """
 

@@ -107,7 +107,8 @@ def test_oracle_head_drafts_the_full_depth(adaptive):
     model = tiny_llama(vocab_size=VOCAB, hidden_size=32, num_layers=2, seed=3)
     ids = _prompt()
     expected = model.generate(ids, max_new_tokens=NEW, do_sample=False)
-    proposer = EagleProposer(OracleDrafter(expected, VOCAB), EagleOptions(adaptive=adaptive))
+    # The stand-in drafter knows one continuation only: a chain (trees get their own tests).
+    proposer = EagleProposer(OracleDrafter(expected, VOCAB), EagleOptions(adaptive=adaptive, tree_width=1))
     out = specdecode.generate(model, ids, {"method": "eagle", "num_speculative_tokens": K}, max_new_tokens=NEW,
                               proposer=proposer)
     assert torch.equal(out.sequences, expected)
