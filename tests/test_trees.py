@@ -135,8 +135,43 @@ def test_tree_proposals_give_plain_greedy_output_and_path_hidden_states(tiny_mod
     assert total_accepted > 20 and off_first > 3  # paths through later siblings were taken and kept
 
 
-def test_tree_proposals_are_refused_under_sampling(tiny_model):
+def test_tree_proposals_are_refused_under_typical_acceptance(tiny_model):
     ids = repetitive_prompts(64, count=1)[0]
     proposer = TreeOracle(plain_greedy(tiny_model, ids, 10)[0].tolist(), 64, 0)
-    with pytest.raises(ConfigError, match="greedy decoding"):
-        specdecode.generate(tiny_model, ids, SpeculativeConfig(), max_new_tokens=10, do_sample=True, proposer=proposer)
+    config = SpeculativeConfig(acceptance_method="typical_acceptance_sampler")
+    with pytest.raises(ConfigError, match="typical acceptance"):
+        specdecode.generate(tiny_model, ids, config, max_new_tokens=10, do_sample=True, proposer=proposer)
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0  # nothing outside p's support
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_sampled_path_emits_exactly_the_targets_distribution():
+    """Two positions deep: the first emitted token follows p(. | last) and, after a first token t, the second
+    follows p(. | t), whichever candidates the tree offered (including a repeated one and one outside p's
+    support). Chi-square against the exact distributions; the same statistic for direct draws from them is the
+    noise baseline (5 degrees of freedom at most: 20.5 is the 0.001 quantile)."""
+    p_root = torch.tensor([0.35, 0.25, 0.2, 0.1, 0.1, 0.0])
+    p_after = {0: torch.tensor([0.1, 0.1, 0.5, 0.1, 0.1, 0.1]), 1: torch.tensor([0.0, 0.6, 0.0, 0.2, 0.2, 0.0])}
+    # root children: tokens 1, 0, 1 (repeated), 5 (p = 0); node 1 (token 0) has children 2 and 3
+    draft, parents = [1, 0, 1, 5, 2, 3], (-1, -1, -1, -1, 1, 1)
+    rows = [p_root, p_after[1], p_after[0], p_after[1], torch.ones(6) / 6, torch.ones(6) / 6, torch.ones(6) / 6]
+    probs = torch.stack(rows)  # [k+1, V]: row 0 after the last token, row i+1 after node i
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.zeros(6), {0: torch.zeros(6), 1: torch.zeros(6)}
+    trials = 12000
+    for _ in range(trials):
+        path, nxt = trees.sampled_path(probs, draft, parents, g)
+        emitted = [draft[i] for i in path] + [nxt]
+        first[emitted[0]] += 1
+        if len(emitted) > 1 and emitted[0] in second:
+            second[emitted[0]][emitted[1]] += 1
+    baseline = torch.bincount(torch.multinomial(p_root, trials, replacement=True, generator=g), minlength=6).float()
+    assert _chi_square(baseline, p_root) < 20.5  # the threshold holds for honest draws
+    assert _chi_square(first, p_root) < 20.5
+    assert second[0].sum() > 1000
+    assert _chi_square(second[0], p_after[0]) < 20.5  # after token 0 the tree offered children 2 and 3

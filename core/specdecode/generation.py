@@ -445,14 +445,15 @@ class _Loop:
         return num_accepted, next_tokens, hidden, kept_tokens, nexts, drafted, k
 
     def verify_tree(self, proposal, last, cache, slots, want_hidden, max_depth):
-        """Score a tree proposal (batch size 1, greedy) in one forward pass and keep the path the target agrees
-        with (specdecode.trees). Returns what :meth:`verify_chain` returns; ``hidden`` holds [last, path] only, so
+        """Score a tree proposal (batch size 1; greedy or rejection sampling) in one forward pass and keep the path
+        the target accepts (specdecode.trees). Returns what :meth:`verify_chain` returns; ``hidden`` holds [last, path] only, so
         proposers see a chain of accepted tokens either way, and ``drafted`` is the tree's depth."""
-        if last.shape[0] != 1 or not self.params.greedy:
-            what = f"a batch of {last.shape[0]}" if last.shape[0] != 1 else "sampling (do_sample=True)"
+        typical = not self.params.greedy and self.config.acceptance_method == "typical_acceptance_sampler"
+        if last.shape[0] != 1 or typical:
+            what = f"a batch of {last.shape[0]}" if last.shape[0] != 1 else "typical acceptance"
             raise ConfigError(
-                f"tree proposals are verified for one sequence under greedy decoding; this generation uses {what}. "
-                "A proposer should draft a chain here (leave Proposal.parents None)",
+                "tree proposals are verified for one sequence, greedy or with rejection sampling; this generation "
+                f"uses {what}. A proposer should draft a chain here (leave Proposal.parents None)",
                 field="Proposal.parents",
                 value=proposal.parents,
             )
@@ -465,7 +466,11 @@ class _Loop:
         mask = trees.attention_mask(parents, past, dtype, device)
         positions = trees.position_ids(parents, slots.real_counts[0], device)
         logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, mask, positions)
-        path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
+        if self.params.greedy:
+            path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
+        else:  # draft_probs are not used: each candidate counts as a deterministic draft (see trees.sampled_path)
+            probs = sampling.warp_probs(logits[0], self.params)
+            path, next_token = trees.sampled_path(probs, draft, parents, self.generator)
         n = len(path)
         keep = [0] + [i + 1 for i in path]  # verify slots: 0 = the last token, i + 1 = node i
         num_accepted = torch.tensor([n], device=device)

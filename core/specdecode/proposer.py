@@ -78,7 +78,8 @@ class Proposal:
     distribution each token was sampled from, or None for a deterministic proposer (q is then one-hot).
     A proposal with k == 0 means a plain decode step.
 
-    ``parents`` makes the k tokens a tree instead of a chain (batch size 1, greedy decoding): ``parents[i]`` is the
+    ``parents`` makes the k tokens a tree instead of a chain (batch size 1; greedy or rejection sampling, where each
+    candidate counts as a deterministic draft and ``draft_probs`` is not used): ``parents[i]`` is the
     index of token i's parent, or -1 for a child of the last token, with ``parents[i] < i``. The target verifies
     every branch in the same forward pass and keeps the longest path it agrees with; no more than
     ``ProposeRequest.num_tokens`` tokens deep (see :mod:`specdecode.trees`).

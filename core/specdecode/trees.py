@@ -8,8 +8,9 @@ The target reads [last token, d_1..d_k] at once: node i sits at position ``past 
 cache, the last token, its ancestors and itself (:func:`attention_mask`). Under greedy decoding the accepted path
 starts at the last token and steps to the child that equals the target's argmax there, as long as one does
 (:func:`greedy_path`); the target's argmax after the path's end is the next token. Exactly the tokens plain greedy
-decoding would give, so trees are lossless like chains. The cache then keeps the path's slots only
-(:func:`keep_cache_slots`).
+decoding would give, so trees are lossless like chains. Under sampling, :func:`sampled_path` accepts children by
+multi-round rejection with one-hot drafts, so every token still follows the target's distribution. The cache then
+keeps the path's slots only (:func:`keep_cache_slots`).
 
 Letters: k drafts (tree nodes), P cached positions before the step.
 """
@@ -108,6 +109,58 @@ def greedy_path(target_tokens: Sequence[int], draft: Sequence[int], parents: Seq
         step = next((c for c in children.get(node, ()) if draft[c] == wanted), None)
         if step is None:
             return path, wanted
+        path.append(step)
+        node = step
+
+
+def sampled_path(
+    target_probs: torch.Tensor, draft: Sequence[int], parents: Sequence[int], generator: torch.Generator | None
+) -> tuple[list[int], int]:
+    """Lossless acceptance of a tree under sampling -> (accepted nodes, next token).
+
+    ``target_probs`` ``[k+1, V]`` is the target's (warped) distribution after each verify position. Every candidate
+    is treated as a deterministic draft (q one-hot on it), which is lossless whatever chose the tree, as long as
+    that choice did not look at the coins drawn here: at the current node, its children are tried in order, child c
+    is accepted with probability p'(c), where p' is p with the earlier rejected siblings removed and renormalised
+    (SpecInfer's multi-round speculative sampling with one-hot drafts); when all are rejected, the next token is
+    drawn from p' with every child removed, and after a leaf from p itself. The next token is therefore distributed
+    exactly as p at every node. One host transfer: the children's probabilities, the coins and one residual sample
+    per position are computed on the device for every node, whichever path is taken, so the generator advances by
+    the same amount every step.
+    """
+    k = len(parents)
+    device = target_probs.device
+    positions = torch.tensor([p + 1 for p in parents], dtype=torch.long, device=device)  # each node's parent row
+    tokens = torch.tensor(list(draft), dtype=torch.long, device=device)
+    child_p = target_probs[positions, tokens]  # [k]: p(node's token) at its parent
+    coins = torch.rand(k, generator=generator, device=device, dtype=target_probs.dtype)
+    residual = target_probs.index_put((positions, tokens), torch.zeros((), dtype=target_probs.dtype, device=device))
+    mass = residual.sum(dim=-1, keepdim=True)
+    # A row whose children cover all of p never needs its residual (its last child is accepted with probability 1).
+    residual = torch.where(mass > 0, residual, target_probs)
+    samples = torch.multinomial(residual, 1, generator=generator).squeeze(-1)  # [k+1]
+    host = torch.cat([child_p.double(), coins.double(), samples.double()]).tolist()
+    child_p, coins, samples = host[:k], host[k : 2 * k], [int(t) for t in host[2 * k :]]
+
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        children.setdefault(p, []).append(i)
+    path: list[int] = []
+    node = ROOT
+    while True:
+        removed_mass, removed = 0.0, set()
+        step = None
+        for c in children.get(node, ()):
+            if draft[c] in removed:  # a repeated sibling: its probability is already gone
+                continue
+            left = 1.0 - removed_mass
+            if left > 0 and coins[c] * left < child_p[c]:  # coin < p(c) / (1 - mass removed so far)
+                step = c
+                break
+            removed_mass += child_p[c]
+            removed.add(draft[c])
+        if step is None:
+            return path, samples[node + 1]
         path.append(step)
         node = step
 

@@ -180,7 +180,7 @@ def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOpt
             value=head,
         )
     drafter = load_drafter(model, head if head is not None else draft, options.use_draft_vocab)
-    return EagleProposer(drafter, options)
+    return EagleProposer(drafter, options, trees_when_sampling=config.acceptance_method == "rejection_sampler")
 
 
 @specdecode.hookimpl

@@ -31,9 +31,9 @@ the expected gain beats the cost:
   is not even run for the next 1, 2, 4, ... ``max_skip`` steps (their features are queued), and every 8th such
   probe drafts one token anyway, so a pessimistic calibration can recover.
 
-Trees (``EagleOptions.tree_width`` > 1, greedy decoding only): instead of one chain, each depth's most valuable
-nodes are run through the head together and each offers its ``tree_width`` best continuations; nodes join while
-they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass and hands
+Trees (``EagleOptions.tree_width`` > 1; greedy or rejection sampling): instead of one chain, each depth's most
+valuable nodes are run through the head together and each offers its ``tree_width`` best continuations; nodes join
+while they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass and hands
 back the accepted path as a chain, so the catch-up above is unchanged.
 
 Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
@@ -108,11 +108,13 @@ class EagleProposer(Proposer):
     EXPLORE_EVERY = 8  # consecutive no-draft probes after which one draft is proposed anyway
     RATE_MARGIN = 1.02  # a draft must beat the current rate by 2%, so estimation noise does not buy expensive steps
 
-    def __init__(self, drafter: EagleDrafter, options=None):
+    def __init__(self, drafter: EagleDrafter, options=None, trees_when_sampling: bool = True):
         from . import EagleOptions
 
         self.drafter = drafter
         self.options = options if options is not None else EagleOptions()
+        # The core verifies trees under rejection sampling, not under typical acceptance (then: chains).
+        self.trees_when_sampling = trees_when_sampling
         self.verify_cost = verify_cost(None, self.options.cost_jump, self.options.cost_per_token)
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
@@ -179,7 +181,7 @@ class EagleProposer(Proposer):
 
     def propose(self, request: ProposeRequest) -> Proposal:
         self.confidences = []
-        tree = self.options.tree_width > 1 and request.sampling.greedy
+        tree = self.options.tree_width > 1 and (request.sampling.greedy or self.trees_when_sampling)
         if not self.options.adaptive:
             self._catch_up()
             return self._draft_tree(request) if tree else self._draft_fixed(request)
@@ -262,7 +264,7 @@ class EagleProposer(Proposer):
         return self._proposal(tokens, probs, request)
 
     def _draft_tree(self, request: ProposeRequest, explore: bool = False) -> Proposal:
-        """A tree of drafts (greedy decoding; see the module docstring), at most ``num_tokens`` deep.
+        """A tree of drafts (see the module docstring), at most ``num_tokens`` deep.
 
         Depth by depth, the ``tree_width`` most valuable nodes of a depth are run through the head together (one
         head pass per depth, as for a chain) and each gets its ``tree_width`` most likely continuations as
@@ -274,6 +276,7 @@ class EagleProposer(Proposer):
         """
         options, calibration, drafter = self.options, self.calibration, self.drafter
         adaptive, width, max_nodes = options.adaptive, options.tree_width, options.tree_nodes
+        greedy = request.sampling.greedy
         tokens: list[int] = []
         parents: list[int] = []
         depths: list[int] = []
@@ -285,7 +288,10 @@ class EagleProposer(Proposer):
         device = request.input_ids.device
 
         def candidates(parent: int, logits: torch.Tensor, depth: int) -> list[tuple[float, float, int, int]]:
-            probs, index = logits.float().softmax(dim=-1).topk(width)
+            # Under sampling the candidates are q's most likely tokens, not draws: the core accepts each as a
+            # deterministic draft, which is lossless whatever picked them (specdecode.trees.sampled_path).
+            q = logits.float().softmax(dim=-1) if greedy else warp_probs(logits, request.sampling)
+            probs, index = q.topk(width)
             ids = drafter.to_token_ids(index).tolist()
             parent_value = values[parent] if parent >= 0 else 1.0
             out = []

@@ -3,6 +3,7 @@ distribution, judged by the noise of plain sampling from that distribution with 
 
 import itertools
 
+import pytest
 import specdecode
 import torch
 from specdecode import Proposal, SamplingParams
@@ -83,11 +84,18 @@ def _noise_bound(exact: torch.Tensor) -> torch.Tensor:
     return baseline.mean(dim=0) + 4 * baseline.std(dim=0)
 
 
-def test_sampled_output_follows_the_target_distribution():
+@pytest.mark.parametrize(
+    "options",
+    [{"tree_width": 1}, {}, {"adaptive": False, "tree_width": 3, "tree_nodes": 6}],
+    ids=["chain", "default-tree", "fixed-tree"],
+)
+def test_sampled_output_follows_the_target_distribution(options):
+    """Chains hand q to rejection sampling; trees offer q's most likely tokens, which the core accepts as
+    deterministic drafts (specdecode.trees.sampled_path)."""
     target, drafter = _setup()
     prompt = torch.tensor([[1, 4, 2]])
     exact = _exact_joint(target, prompt, PARAMS)
-    spec, drafted, accepted, _ = _sampled(target, prompt, lambda: EagleProposer(drafter))
+    spec, drafted, accepted, _ = _sampled(target, prompt, lambda: EagleProposer(drafter, EagleOptions(**options)))
     assert 0 < accepted < drafted  # both acceptance and rejection were exercised
     bound = _noise_bound(exact)
     for i, (s, e) in enumerate(zip(spec, _statistics(exact))):
@@ -156,7 +164,8 @@ def test_backoff_whose_depth_depends_on_earlier_drafts_stays_lossless():
     drawn value does not (the control)."""
     target, _ = _setup()
     prompt = torch.tensor([[1, 4, 2]])
-    options = EagleOptions(confidence_prior=1.0, cost_jump=0.0, cost_per_token=0.1, draft_cost=0.0)
+    # The stand-in drafter below drafts chains only (trees have their own test above).
+    options = EagleOptions(confidence_prior=1.0, cost_jump=0.0, cost_per_token=0.1, draft_cost=0.0, tree_width=1)
     exact = _statistics(_exact_joint(target, prompt, PARAMS))
     bound = _noise_bound(_exact_joint(target, prompt, PARAMS))
     spec, drafted, accepted, lengths = _sampled(target, prompt, lambda: EagleProposer(BranchingDrafter(), options))
