@@ -99,18 +99,22 @@ def position_ids(parents: Sequence[int], past: int, device: Any) -> torch.Tensor
 def greedy_path(target_tokens: Sequence[int], draft: Sequence[int], parents: Sequence[int]) -> tuple[list[int], int]:
     """The accepted nodes and the next token. ``target_tokens[j]`` is the target's argmax after verify position j
     (0 = the last token, i + 1 = node i)."""
+    path = _walk(parents, lambda node, children: next(
+        (c for c in children if draft[c] == target_tokens[node + 1]), None))
+    return path, target_tokens[(path[-1] if path else ROOT) + 1]
+
+
+def _walk(parents: Sequence[int], choose: Any) -> list[int]:
+    """The accepted path: from the last token, step to ``choose(node, children)`` until it returns None."""
     children: dict[int, list[int]] = {}
     for i, p in enumerate(parents):
         children.setdefault(p, []).append(i)
     path: list[int] = []
     node = ROOT
-    while True:
-        wanted = target_tokens[node + 1]
-        step = next((c for c in children.get(node, ()) if draft[c] == wanted), None)
-        if step is None:
-            return path, wanted
+    while (step := choose(node, children.get(node, []))) is not None:
         path.append(step)
         node = step
+    return path
 
 
 def sampled_path(
@@ -142,27 +146,20 @@ def sampled_path(
     host = torch.cat([child_p.double(), coins.double(), samples.double()]).tolist()
     child_p, coins, samples = host[:k], host[k : 2 * k], [int(t) for t in host[2 * k :]]
 
-    children: dict[int, list[int]] = {}
-    for i, p in enumerate(parents):
-        children.setdefault(p, []).append(i)
-    path: list[int] = []
-    node = ROOT
-    while True:
+    def choose(_node: int, children: list[int]) -> int | None:
         removed_mass, removed = 0.0, set()
-        step = None
-        for c in children.get(node, ()):
+        for c in children:
             if draft[c] in removed:  # a repeated sibling: its probability is already gone
                 continue
             left = 1.0 - removed_mass
             if left > 0 and coins[c] * left < child_p[c]:  # coin < p(c) / (1 - mass removed so far)
-                step = c
-                break
+                return c
             removed_mass += child_p[c]
             removed.add(draft[c])
-        if step is None:
-            return path, samples[node + 1]
-        path.append(step)
-        node = step
+        return None
+
+    path = _walk(parents, choose)
+    return path, samples[(path[-1] if path else ROOT) + 1]
 
 
 def keep_cache_slots(cache: Any, start: int, keep: Sequence[int]) -> None:

@@ -33,8 +33,8 @@ the expected gain beats the cost:
 
 Trees (``EagleOptions.tree_width`` > 1; greedy or rejection sampling): instead of one chain, each depth's most
 valuable nodes are run through the head together and each offers its ``tree_width`` best continuations; nodes join
-while they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass and hands
-back the accepted path as a chain, so the catch-up above is unchanged.
+while they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass
+and hands back the accepted path as a chain, so the catch-up above is unchanged.
 
 Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
 """
