@@ -214,3 +214,14 @@ def test_sampling_matches_plain_generate_within_noise(small_vocab_model, registe
         with torch.inference_mode():
             allowed = set(small_vocab_model(PROMPT).logits[0, -1].topk(3).indices.tolist())
         assert {s[0] for s in ours} <= allowed
+
+
+def test_a_tokenizers_output_is_accepted_as_input_ids(tiny_model):
+    from transformers import BatchEncoding
+
+    ids = repetitive_prompts(64, count=1)[0]
+    encoded = BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    out = specdecode.generate(tiny_model, encoded, SpeculativeConfig(), max_new_tokens=12)
+    assert torch.equal(out.sequences, _plain(tiny_model, ids, 12))
+    with pytest.raises(specdecode.ConfigError, match="'input_ids' must be a \\[batch, length\\] tensor"):
+        specdecode.generate(tiny_model, ids.tolist(), SpeculativeConfig(), max_new_tokens=4)

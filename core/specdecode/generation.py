@@ -86,9 +86,19 @@ def generate(
 
     A batch (``input_ids`` of shape ``[B, T]``, B > 1) must be left-padded, with ``attention_mask`` marking the
     padding. Every sequence accepts its own number of drafts per step and leaves the batch when it stops;
-    ``max_new_tokens`` may be one number per sequence. See docs/batching.md.
+    ``max_new_tokens`` may be one number per sequence. See docs/batching.md. ``input_ids`` may also be a
+    tokenizer's output (a mapping with ``input_ids`` and possibly ``attention_mask``).
     """
     config = _as_config(config)
+    if not isinstance(input_ids, torch.Tensor) and hasattr(input_ids, "keys") and "input_ids" in input_ids:
+        # A tokenizer's output (transformers 5's apply_chat_template(return_tensors="pt") returns one).
+        encoded = input_ids
+        input_ids = encoded["input_ids"]
+        if attention_mask is None and "attention_mask" in encoded:
+            attention_mask = encoded["attention_mask"]
+    if not isinstance(input_ids, torch.Tensor):
+        raise invalid("input_ids", type(input_ids).__name__,
+                      "a [batch, length] tensor of token ids, or a tokenizer's output holding one")
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
