@@ -10,7 +10,8 @@ specdecode_eagle/data.py), first turn, in the chat template, the first N of each
 The proposer's back-off is on (the default: each step drafts only as deep as the head's calibrated confidence pays
 for, possibly nothing); ``--no-backoff`` drafts exactly K every step, which measures the head's raw acceptance.
 ``--temperature T`` samples instead (plain and EAGLE at that temperature, each run seeded; outputs then differ by
-design and are not compared; neither stops at eos, so both produce the same number of tokens). ``--tree-widths 1,2`` runs every K once per tree width (1 = a chain; w > 1 = a tree with w continuations per node,
+design and are not compared; neither stops at eos, so both produce the same number of tokens).
+``--tree-widths 1,2`` runs every K once per tree width (1 = a chain; w > 1 = a tree with w continuations per node,
 at most ``--tree-nodes`` nodes, K deep), interleaved per prompt, so chains and trees meet the same load.
 
 Reported per category and K: mean acceptance length (vLLM's definition: 1 + accepted / drafting steps) and speedup
@@ -147,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k[0], draft_model=args.head,
                                                   method_options={**options, "tree_width": k[1]})
             out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
-                model, ids, config, max_new_tokens=args.max_new_tokens,
-                **({"do_sample": True, "temperature": args.temperature, "seed": 0, "eos_token_id": []}
-                   if sampled else {"do_sample": False})))
+                model, ids, config, max_new_tokens=args.max_new_tokens, **sampling,
+                **({"seed": 0, "eos_token_id": []} if sampled else {})))
             if not sampled:  # sampled runs are timed over the same number of tokens (no eos), not compared
                 mismatches += int(not torch.equal(out.sequences, plain))
             row[k]["s"] += seconds

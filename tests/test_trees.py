@@ -24,7 +24,8 @@ def test_attention_mask_lets_each_node_see_its_ancestors_only():
         [1, 1, 0, 1, 1, 0],  # node 3: last, 0, 2, itself
         [1, 0, 1, 0, 0, 1],  # node 4: last, 1, itself
     ]
-    assert trees.position_ids(parents, 7, "cpu").tolist() == [[7, 8, 8, 9, 10, 9]]
+    assert trees.depths(parents) == [1, 1, 2, 3, 2]
+    assert trees.position_ids(trees.depths(parents), 7, "cpu").tolist() == [[7, 8, 8, 9, 10, 9]]
 
 
 def test_greedy_path_follows_the_targets_argmax_through_any_branch():

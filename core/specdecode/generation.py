@@ -456,8 +456,8 @@ class _Loop:
 
     def verify_tree(self, proposal, last, cache, slots, want_hidden, max_depth):
         """Score a tree proposal (batch size 1; greedy or rejection sampling) in one forward pass and keep the path
-        the target accepts (specdecode.trees). Returns what :meth:`verify_chain` returns; ``hidden`` holds [last, path] only, so
-        proposers see a chain of accepted tokens either way, and ``drafted`` is the tree's depth."""
+        the target accepts (specdecode.trees). Returns what :meth:`verify_chain` returns; ``hidden`` holds [last,
+        path] only, so proposers see a chain of accepted tokens either way, and ``drafted`` is the tree's depth."""
         typical = not self.params.greedy and self.config.acceptance_method == "typical_acceptance_sampler"
         if last.shape[0] != 1 or typical:
             what = f"a batch of {last.shape[0]}" if last.shape[0] != 1 else "typical acceptance"
@@ -474,7 +474,8 @@ class _Loop:
         verify_ids = torch.cat([last, torch.tensor(draft, dtype=torch.long, device=device)]).unsqueeze(0)
         dtype = self.model.get_input_embeddings().weight.dtype
         mask = trees.attention_mask(parents, past, dtype, device)
-        positions = trees.position_ids(parents, slots.real_counts[0], device)
+        node_depths = trees.depths(parents)
+        positions = trees.position_ids(node_depths, slots.real_counts[0], device)
         logits, hidden = self.forward(verify_ids, cache, want_hidden, 0, mask, positions)
         if self.params.greedy:
             path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
@@ -489,8 +490,7 @@ class _Loop:
         if hidden is not None:
             hidden = hidden[:, torch.tensor(keep, device=device)]
         next_tokens = torch.tensor([next_token], device=device)
-        depth = max(trees.depths(parents), default=0)
-        return num_accepted, next_tokens, hidden, [[draft[i] for i in path]], [next_token], [depth], k
+        return num_accepted, next_tokens, hidden, [[draft[i] for i in path]], [next_token], [max(node_depths)], k
 
     def _drop(self, finished, running, slots, cache, last, batch):
         """Remove the finished target rows (positions in ``running``) from the target batch and its cache."""

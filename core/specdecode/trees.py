@@ -91,9 +91,9 @@ def attention_mask(parents: Sequence[int], past: int, dtype: torch.dtype, device
     return mask.view(1, 1, k + 1, past + k + 1).to(device)
 
 
-def position_ids(parents: Sequence[int], past: int, device: Any) -> torch.Tensor:
-    """``[1, k+1]``: the last token at ``past``, node i at ``past + depth(i)``."""
-    return torch.tensor([[past] + [past + d for d in depths(parents)]], device=device)
+def position_ids(node_depths: Sequence[int], past: int, device: Any) -> torch.Tensor:
+    """``[1, k+1]``: the last token at ``past``, node i at ``past + node_depths[i]`` (see :func:`depths`)."""
+    return torch.tensor([[past] + [past + d for d in node_depths]], device=device)
 
 
 def greedy_path(target_tokens: Sequence[int], draft: Sequence[int], parents: Sequence[int]) -> tuple[list[int], int]:
@@ -166,7 +166,7 @@ def keep_cache_slots(cache: Any, start: int, keep: Sequence[int]) -> None:
     """The cache holds ``start`` positions plus this step's verify slots; keep slot ``start + j`` for j in ``keep``
     (ascending), moved into place, and drop the other verify slots."""
     total = cache.get_seq_length()
-    moved = [j for j in keep] != list(range(len(keep)))
+    moved = list(keep) != list(range(len(keep)))
     if moved:
         layers = getattr(cache, "layers", None)
         if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):

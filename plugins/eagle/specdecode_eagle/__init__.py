@@ -71,18 +71,10 @@ def _ratio(field: str):
     return check
 
 
-def _count(field: str):
+def _count(field: str, minimum: int = 0):
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"'{field}' must be an integer >= 0 (got {value!r})", field=field, value=value)
-
-    return check
-
-
-def _positive(field: str):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"'{field}' must be an integer >= 1 (got {value!r})", field=field, value=value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"'{field}' must be an integer >= {minimum} (got {value!r})", field=field, value=value)
 
     return check
 
@@ -115,8 +107,8 @@ class EagleOptions:
     )
     confidence_prior: float | None = attrs.field(default=None, validator=_ratio("method_options.confidence_prior"))
     max_skip: int = attrs.field(default=16, validator=_count("method_options.max_skip"))
-    tree_width: int = attrs.field(default=2, validator=_positive("method_options.tree_width"))
-    tree_nodes: int = attrs.field(default=8, validator=_positive("method_options.tree_nodes"))
+    tree_width: int = attrs.field(default=2, validator=_count("method_options.tree_width", 1))
+    tree_nodes: int = attrs.field(default=8, validator=_count("method_options.tree_nodes", 1))
 
 
 def default_head_path(target: Any) -> Path:
