@@ -4,7 +4,7 @@ import pytest
 import specdecode
 import torch
 from specdecode import SpeculativeConfig
-from specdecode.testing import repetitive_prompts
+from specdecode.testing import repetitive_prompts, tiny_llama
 
 from .helpers import OracleProposer, SamplingProposer, ScriptedPlugin, TargetSamplingProposer, WrongProposer
 
@@ -225,3 +225,39 @@ def test_a_tokenizers_output_is_accepted_as_input_ids(tiny_model):
     assert torch.equal(out.sequences, _plain(tiny_model, ids, 12))
     with pytest.raises(specdecode.ConfigError, match="'input_ids' must be a \\[batch, length\\] tensor"):
         specdecode.generate(tiny_model, ids.tolist(), SpeculativeConfig(), max_new_tokens=4)
+
+
+def test_hidden_state_layers_hands_over_the_listed_layers_concatenated():
+    """A proposer that sets ``hidden_state_layers`` gets those entries of ``output_hidden_states``, concatenated,
+    for the prompt and for every verify pass (EAGLE-3 fuses a low, a middle and a high layer)."""
+    model = tiny_llama(num_layers=3)
+    layers = (0, 2, 3)
+    seen = {}
+
+    class Recorder(specdecode.Proposer):
+        needs_hidden_states = True
+
+        def __init__(self):
+            self.hidden_state_layers = layers
+
+        def start(self, context):
+            seen["prompt"] = context.hidden_states
+
+        def propose(self, request):
+            return specdecode.Proposal(token_ids=request.input_ids[:, -2:-1])
+
+        def on_verified(self, result):
+            seen.setdefault("steps", []).append((result.input_ids, result.num_accepted_list[0], result.hidden_states))
+
+    prompt = torch.tensor([[3, 7, 9, 11, 2]])
+    specdecode.generate(model, prompt, None, proposer=Recorder(), max_new_tokens=6)
+    with torch.inference_mode():
+        full = model(input_ids=prompt, output_hidden_states=True).hidden_states
+    expected = torch.cat([full[i] for i in layers], dim=-1)  # [1, 5, 3H]: one state per prompt token
+    assert seen["prompt"].shape == (1, 5, 3 * 32)
+    torch.testing.assert_close(seen["prompt"], expected)
+    for ids, n, hidden in seen["steps"]:
+        with torch.inference_mode():
+            states = model(input_ids=ids[:, :-1], output_hidden_states=True).hidden_states
+        want = torch.cat([states[i] for i in layers], dim=-1)[:, -(n + 1):]
+        torch.testing.assert_close(hidden[:, : n + 1], want, rtol=1e-4, atol=1e-5)

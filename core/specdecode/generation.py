@@ -231,7 +231,7 @@ class _Loop:
         )
         self.stats.time_target += time.perf_counter() - start
         self.stats.target_forwards += 1
-        hidden = out.hidden_states[-1] if want_hidden else None
+        hidden = select_hidden_states(out.hidden_states, self.hidden_layers) if want_hidden else None
         return out.logits, hidden
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
@@ -297,6 +297,7 @@ class _Loop:
         for s, length in zip(self.sequence_stats, lengths):
             s.prompt_tokens = length
         want_hidden = type(proposer).needs_hidden_states
+        self.hidden_layers = getattr(proposer, "hidden_state_layers", None)
         cache = _new_cache(self.model)
         slots = CacheSlots.from_prompt(prompt_mask, lengths)
         if self.streamer is not None:
@@ -673,6 +674,14 @@ def _new_cache(model: Any) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
+
+
+def select_hidden_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int] | None) -> torch.Tensor:
+    """The hidden states a proposer asked for (:attr:`Proposer.hidden_state_layers`) from a forward pass's
+    ``output_hidden_states`` tuple: the last entry, or the listed entries concatenated along the last dimension."""
+    if layers is None:
+        return hidden_states[-1]
+    return torch.cat([hidden_states[i] for i in layers], dim=-1)
 
 
 def cache_kwarg_name(model: Any) -> str:

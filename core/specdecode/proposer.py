@@ -128,10 +128,17 @@ class Proposer:
       prompt) without running a second forward pass.
     * ``supports_batch``: the proposer handles B > 1 (plain per-sequence proposers get this for free by
       deriving from :class:`PerSequenceProposer`).
+    * ``hidden_state_layers``: which of the target's layers ``needs_hidden_states`` hands over (default: the last).
     """
 
     needs_hidden_states: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = True
+    # Which hidden states a proposer with ``needs_hidden_states`` gets. None: the last layer's, after the final norm
+    # (what the LM head reads), [.., H]. A tuple of indices into transformers' ``output_hidden_states`` (0 = the
+    # embeddings, i = the output of decoder layer i-1, i.e. the input of layer i: vLLM's numbering of EAGLE-3's
+    # aux layers) gives those states concatenated along the last dimension, [.., H * len(layers)]. May be set per
+    # instance (it can depend on the target's depth).
+    hidden_state_layers: tuple[int, ...] | None = None
 
     def start(self, context: StartContext) -> None:
         """Called once per generation, after the prompt's prefill."""

@@ -34,7 +34,7 @@ import torch
 
 from ..config import SpeculativeConfig
 from ..errors import ConfigError
-from ..generation import GenerateOutput, build_proposer, generate
+from ..generation import GenerateOutput, build_proposer, generate, select_hidden_states
 from ..proposer import Proposal, ProposeRequest, StartContext
 from ..registry import get_method
 from .models import repetitive_prompts, tiny_llama
@@ -161,7 +161,7 @@ def _fresh_proposals(model: Any, config: SpeculativeConfig) -> Callable[[Propose
         if type(proposer).needs_hidden_states:
             with torch.inference_mode():
                 out = model(input_ids=request.input_ids[:, :-1], output_hidden_states=True)
-            hidden = out.hidden_states[-1]
+            hidden = select_hidden_states(out.hidden_states, getattr(proposer, "hidden_state_layers", None))
         proposer.start(
             StartContext(
                 input_ids=request.input_ids,
