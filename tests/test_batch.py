@@ -372,11 +372,14 @@ def test_right_aligned_tokens_keep_every_row_ending_at_the_last_column():
     view = batching.RightAlignedTokens(
         torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]]), -1
     )
-    view.append([[1, 2, 3], [4]])
+    # Each row's new tokens come first in its block row; what lies past its count is never read.
+    view.append(torch.tensor([[1, 2, 3, 0], [4, 77, 77, 77]]), [3, 1])
     assert view.ids.tolist() == [[0, 5, 6, 1, 2, 3], [-1, -1, 7, 8, 9, 4]]
     assert view.mask.tolist() == [[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
-    view.append([[], [3, 3]])
+    view.append(torch.tensor([[66, 66], [3, 3]]), [0, 2])
     assert view.ids[:, -1].tolist() == [3, 3] and view.mask.sum(1).tolist() == [5, 6]
+    view.append(torch.tensor([[8], [9]]), [1, 1])  # equal counts: appended as is
+    assert view.ids[:, -1].tolist() == [8, 9] and view.mask.sum(1).tolist() == [6, 7]
 
 
 # -- every installed method --------------------------------------------------------------------------------------

@@ -178,31 +178,26 @@ class RightAlignedTokens:
         self.mask = mask  # [B, T] long, 1 = real token
         self.pad = pad_token_id
 
-    def append(self, new: list[list[int]]) -> None:
-        """Append ``new[b]`` (possibly empty) to row b."""
-        counts = [len(x) for x in new]
+    def append(self, block: torch.Tensor, counts: Sequence[int]) -> None:
+        """Append the first ``counts[b]`` tokens of ``block[b]`` (``[B, w]``, on the device) to row b."""
         widest = max(counts)
         if widest == 0:
             return
-        device = self.ids.device
+        block = block[:, :widest].to(self.ids.dtype)
         if all(c == widest for c in counts):
-            block = torch.tensor(new, dtype=self.ids.dtype, device=device)  # [B, widest]
             self.ids = torch.cat([self.ids, block], dim=1)
             self.mask = torch.cat([self.mask, torch.ones_like(block)], dim=1)
             return
         rows, width = self.ids.shape
-        block = torch.full((rows, widest), self.pad, dtype=self.ids.dtype)
-        for b, tokens in enumerate(new):
-            if tokens:
-                block[b, widest - len(tokens) :] = torch.tensor(tokens, dtype=self.ids.dtype)
-        block = block.to(device)
-        block_mask = (torch.arange(widest).unsqueeze(0) >= widest - torch.tensor(counts).unsqueeze(1)).to(
-            device
-        )
-        ids = torch.cat([self.ids, block], dim=1)  # [B, T+widest], row b: old, pad*(widest-c_b), new
-        mask = torch.cat([self.mask, block_mask.to(self.mask.dtype)], dim=1)
-        # Row b is now [old, gap of widest - c_b pads, new]; move the gap to the front with one gather.
-        gap = (widest - torch.tensor(counts, device=device)).unsqueeze(1)  # [B, 1]
+        device = self.ids.device
+        gap = torch.tensor([widest - c for c in counts], device=device).unsqueeze(1)  # [B, 1]
+        # Right-align each row's new tokens inside the block: row b becomes [pad * gap_b, new tokens].
+        column = torch.arange(widest, device=device).unsqueeze(0)
+        new = column >= gap
+        block = torch.where(new, block.gather(1, (column - gap).clamp(min=0)), self.pad)
+        ids = torch.cat([self.ids, block], dim=1)  # [B, T+widest], row b: old, pad*gap_b, new
+        mask = torch.cat([self.mask, new.to(self.mask.dtype)], dim=1)
+        # Move the gap to the front with one gather, so padding stays on the left.
         column = torch.arange(width + widest, device=device).unsqueeze(0)  # [1, T+widest]
         source = torch.where(column < gap + width, (column - gap).clamp(min=0), column)  # [B, T+widest]
         real = column >= gap

@@ -1,0 +1,119 @@
+"""KV caches that speculation can roll back: the target's, and a draft model's kept in step by token ids.
+
+Speculation appends drafts to a cache and then drops the rejected ones, so every cache specdecode makes must be
+croppable. transformers' sliding-window layers forget what leaves the window and can only be cropped while they
+record the past; specdecode's caches use full layers for sliding-window attention instead and let the attention
+mask apply the window (to real positions: see :mod:`specdecode.batching`), which also lets a batch keep holes
+and a tree move its accepted path into place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import torch
+
+__all__ = ["TokenCache", "cache_kwarg_name", "crop_to", "keep_past", "new_cache"]
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model`` whose attention layers all keep every position."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    cache = DynamicCache(config=model.config)
+    layers = getattr(cache, "layers", None) or []
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicSlidingWindowLayer:
+            layers[i] = DynamicLayer()
+    return cache
+
+
+def keep_past(cache: Any) -> None:
+    """After a prefill: layers that trim their state (convolution states) must from now on keep what a crop
+    gives back. Not before the prefill, so a long prompt causes no memory spike."""
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+
+
+def crop_to(cache: Any, length: int) -> None:
+    """Drop every cached position from ``length`` on (nothing when the cache is no longer than that)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:  # crop(-n) removes n positions; crop(0) would mean something else
+        cache.crop(-extra)
+
+
+def cache_kwarg_name(model: Any) -> str:
+    """transformers renamed ``past_key_values`` to ``cache``; use whichever this model's forward takes."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case, compared in C
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TokenCache:
+    """One sequence's KV cache in a (draft) model together with the token ids it holds.
+
+    Before each use, :meth:`sync` compares those ids with the sequence as it now stands: the common prefix is
+    kept (accepted drafts are never recomputed), the rest is cropped, and the tokens the model has not seen yet
+    (a corrected or bonus token, re-tokenized text) are fed in one forward pass. ``forwards`` and ``seconds``
+    count the model's work.
+    """
+
+    def __init__(self, model: Any, device: torch.device | str | None = None):
+        self.model = model
+        self.device = device
+        self.cache_kwarg = cache_kwarg_name(model)
+        self.ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self.cache: Any = None
+        self.forwards = 0
+        self.seconds = 0.0
+
+    def sync(self, tokens: list[int]) -> torch.Tensor:
+        """Make the cache hold ``tokens``; returns the model's logits after the last one, ``[V]``."""
+        if not tokens:
+            raise ValueError("the model needs at least one token of context")
+        keep = min(common_prefix_length(self.ids, tokens), len(tokens) - 1)  # the last token is always fed
+        self.rollback(keep)
+        return self._feed(torch.tensor([tokens[keep:]], dtype=torch.long, device=self.device), tokens[keep:])
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed one token (a tensor holding one id: no host sync) -> logits after it, ``[V]``."""
+        return self._feed(token.reshape(1, 1).to(self.device), [token])
+
+    def prefill(self, tokens: list[int]) -> None:
+        """Feed a prompt ahead of the first use (so that the first :meth:`sync` only feeds the newest token)."""
+        if tokens:
+            self.sync(tokens)
+
+    def rollback(self, length: int) -> None:
+        """Forget every token from position ``length`` on."""
+        if self.cache is not None and length < len(self.ids):
+            crop_to(self.cache, length)
+        del self.ids[length:]
+
+    def _feed(self, ids: torch.Tensor, new: list) -> torch.Tensor:
+        first = self.cache is None
+        if first:
+            self.cache = new_cache(self.model)
+        start = time.perf_counter()
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache})
+        self.seconds += time.perf_counter() - start
+        if first:
+            keep_past(self.cache)
+        self.forwards += 1
+        self.ids.extend(int(t) for t in new)
+        return out.logits[0, -1]
