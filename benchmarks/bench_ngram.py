@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def plain_kernel(ids):
         # Plain generate on specdecode's few-rows linear kernel: what the kernel alone gives, without speculation.
-        with few_rows_linear():
+        with few_rows_linear(model):
             return plain(ids)
 
     def hf_lookup(ids, k, ngram):

@@ -270,11 +270,12 @@ def test_tune_sweeps_predicts_and_recommends(tiny_dir, prompts_file, tmp_path, c
 
 
 def test_leviathan_formula():
-    from specdecode.tune import CostCurve, expected_tokens_per_step, predicted_speedup
+    from specdecode.costs import expected_tokens
+    from specdecode.tune import CostCurve, predicted_speedup
 
-    assert expected_tokens_per_step(0.0, 4) == 1.0
-    assert expected_tokens_per_step(1.0, 4) == 5.0
-    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1.75)
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
     flat = CostCurve(context=10, seconds={1: 1.0, 2: 1.0, 3: 1.0})
     assert predicted_speedup(0.5, 2, flat) == pytest.approx(1.75)
     assert predicted_speedup(0.5, 2, CostCurve(context=10, seconds={1: 1.0, 2: 1.5, 3: 2.0})) == pytest.approx(0.875)

@@ -11,6 +11,7 @@ from .config import SpeculativeConfig
 from .errors import ConfigError, PluginError, SpecDecodeError, UnknownMethodError
 from .generation import GenerateOutput, build_proposer, cache_kwarg_name, generate
 from .hookspecs import hookimpl, hookspec
+from .models import encode_prompt, load_model
 from .proposer import (
     PerSequenceProposer,
     Proposal,
@@ -57,11 +58,13 @@ __all__ = [
     "available_methods",
     "build_proposer",
     "cache_kwarg_name",
+    "encode_prompt",
     "generate",
     "get_method",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "load_model",
     "plugin_failures",
     "register_plugin",
     "reset_registry",

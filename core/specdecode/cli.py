@@ -161,14 +161,14 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 def _register_plugin_commands(subparsers: Any) -> None:
     """Let each plugin add its commands; a plugin that raises is reported and skipped, the others still load."""
-    from .registry import get_plugin_manager
+    from .registry import get_registry
 
-    pm = get_plugin_manager()
-    for impl in pm.hook.specdecode_register_commands.get_hookimpls():
+    registry = get_registry()
+    for impl in registry.pm.hook.specdecode_register_commands.get_hookimpls():
+        name = registry.pm.get_name(impl.plugin)
         try:
-            impl.function(*[subparsers for _ in impl.argnames])
+            registry.call_one(name, "specdecode_register_commands", subparsers=subparsers)
         except Exception as exc:  # one broken plugin must not take the command line down
-            name = pm.get_name(impl.plugin)
             warnings.warn(f"plugin {name!r} failed to add its commands: {type(exc).__name__}: {exc}", stacklevel=2)
 
 

@@ -6,8 +6,9 @@ memory-bound: each weight is read from DRAM once per step and the arithmetic is 
 all linear layers of one step take ~69 ms through ``F.linear`` for 1 row, ~90 ms for 6 rows, where reading the
 weights once takes ~25 ms. A verify over 6 tokens then costs ~1.5 plain steps, which makes every draft expensive.
 
-Two replacements, used only inside specdecode's own forwards (``few_rows_linear()``), only on CPU float32 tensors,
-only for 1..MAX_ROWS rows; GPUs keep their own kernels:
+Two replacements, used only for the linear layers of the models specdecode's loop runs (``few_rows_linear(model,
+...)`` routes their ``nn.Linear`` layers for the duration of a generation and restores them after), only on CPU
+float32 tensors, only for 1..MAX_ROWS rows; GPUs keep their own kernels:
 
 * ``native`` (the default where it can be built): a small C kernel (csrc/few_rows_linear.c, AVX2 + FMA, OpenMP)
   that streams each weight row once for up to 8 token rows. It is compiled on first use with the system C compiler
@@ -19,8 +20,9 @@ only for 1..MAX_ROWS rows; GPUs keep their own kernels:
 
 Both compute the same dot products in another summation order, as any change of GEMM shape does, so greedy
 outputs stay identical to plain ``generate`` (the equality tests and benchmarks run with them on).
-``SPECDECODE_FEW_ROWS_LINEAR`` chooses: ``native`` (default; falls back to ``torch``), ``torch``, or ``0`` (off).
-Plain ``model.generate`` is never changed; wrap it in ``few_rows_linear()`` to give it the same kernel.
+``SPECDECODE_FEW_ROWS_LINEAR`` chooses: ``native`` (default; falls back to ``torch``), ``torch``, or ``off`` (the
+way to compare: transformers' own products everywhere). Plain ``model.generate`` is never changed; run it inside
+``few_rows_linear(model)`` to give it the same kernel.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +49,6 @@ MAX_ROWS = 32
 MODES = ("native", "torch", "off")
 _SOURCE = Path(__file__).with_name("csrc") / "few_rows_linear.c"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
-_original_linear = F.linear
 _local = threading.local()
 _native_fn = None  # the loaded C function, once built
 _native_state = "untried"  # untried | ready | unavailable
@@ -143,28 +144,42 @@ def backend() -> str:
 
 
 def _native_linear(flat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """``flat [rows, in] @ weight[out, in]^T`` by the C kernel, or None when it cannot take these tensors. The C
+    function reads raw pointers, so every shape, dtype, device and layout it assumes is checked here first."""
     fn = _native_fn
-    if fn is None or not weight.is_contiguous():
+    if (
+        fn is None
+        or flat.dim() != 2
+        or weight.dim() != 2
+        or flat.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or flat.device.type != "cpu"
+        or weight.device.type != "cpu"
+        or not weight.is_contiguous()
+        or weight.shape[1] != flat.shape[1]
+        or not 1 <= flat.shape[0] <= MAX_ROWS
+        or weight.shape[0] < 1
+    ):
         return None
     rows, features = flat.shape
     flat = flat.contiguous()
-    out = torch.empty(rows, weight.shape[0], dtype=flat.dtype)
+    out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
     if fn(flat.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, features, weight.shape[0], torch.get_num_threads()):
         return None
     return out
 
 
-def _few_rows_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through the few-rows path inside an active :func:`few_rows_linear` block of this thread (for
+    products a proposer computes on weights directly, e.g. a head scoring a subset of the LM head's rows)."""
     active = getattr(_local, "active", None)
     if active and input.device.type == "cpu" and weight.dim() == 2 and input.dim() >= 1:
         rows = input.numel() // max(input.shape[-1], 1)
         if 1 <= rows <= MAX_ROWS and input.dtype == weight.dtype:
             flat = input.reshape(rows, input.shape[-1])
             out = None
-            if (
-                active == "native"
-                and input.dtype == torch.float32
-                and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+            if active == "native" and not (
+                torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
             ):
                 out = _native_linear(flat, weight)
             if out is None and rows > 1:
@@ -173,12 +188,18 @@ def _few_rows_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                 if bias is not None:
                     out = out + bias
                 return out.reshape(*input.shape[:-1], weight.shape[0])
-    return _original_linear(input, weight, bias)
+    return F.linear(input, weight, bias)
+
+
+def _linear_forward(layer: torch.nn.Linear, input: torch.Tensor) -> torch.Tensor:
+    return linear(input, layer.weight, layer.bias)
 
 
 @contextlib.contextmanager
-def few_rows_linear(mode: str | None = None) -> Iterator[None]:
-    """Within this block (this thread only), CPU linear layers over 1..MAX_ROWS rows take the cheaper path.
+def few_rows_linear(*modules: torch.nn.Module, mode: str | None = None) -> Iterator[None]:
+    """Within this block, the linear layers of ``modules`` (and :func:`linear` calls) in this thread route CPU
+    products over 1..MAX_ROWS rows to the cheaper path. Only plain ``torch.nn.Linear`` layers are touched (not
+    subclasses with their own forward), and they are restored when the block ends, also on an exception.
 
     ``mode`` overrides ``SPECDECODE_FEW_ROWS_LINEAR`` ('native', 'torch' or 'off') for this block.
     """
@@ -190,48 +211,18 @@ def few_rows_linear(mode: str | None = None) -> Iterator[None]:
     if chosen == "off":
         yield
         return
-    if F.linear is not _few_rows_linear:
-        # Installed once; outside an active block (and in other threads) it defers to the original at once.
-        F.linear = _few_rows_linear
+    patched = []
+    for module in modules:
+        for layer in module.modules():
+            # A layer already routed by an enclosing block stays as it is (and is restored by that block).
+            if type(layer).forward is torch.nn.Linear.forward and "forward" not in layer.__dict__:
+                layer.forward = types.MethodType(_linear_forward, layer)
+                patched.append(layer)
     previous = getattr(_local, "active", None)
     _local.active = chosen
     try:
         yield
     finally:
         _local.active = previous
-
-
-class VerifyCost(NamedTuple):
-    """A verify pass over k drafts costs ``1 + jump + per_token * k`` plain decode steps."""
-
-    jump: float
-    per_token: float
-
-    def __call__(self, k: int) -> float:
-        return 1.0 if k == 0 else 1.0 + self.jump + self.per_token * k
-
-
-# Measured with `specdecode tune`'s curve (SmolLM2-135M, fp32, 2 AMD EPYC cores, a 600-token cache), relative to a
-# decode step on the same path. The native kernel makes every step cheaper but the first extra row dearer in
-# relative terms: a multi-token step also builds an attention mask and expands the grouped KV heads.
-_CPU_VERIFY_COSTS = {
-    "native": VerifyCost(jump=0.20, per_token=0.06),
-    "torch": VerifyCost(jump=0.05, per_token=0.09),
-    "off": VerifyCost(jump=0.45, per_token=0.12),
-}
-
-
-def verify_cost(
-    device: torch.device | str | None = None, jump: float | None = None, per_token: float | None = None
-) -> VerifyCost:
-    """The verify-cost curve of specdecode's forwards on ``device``, for proposers that weigh drafts; ``jump`` and
-    ``per_token``, where given (a proposer's options), replace the default's.
-
-    CPU: by the active backend (measured on one machine; `specdecode tune` measures yours). Other devices: the
-    CPU's ``torch`` curve, a conservative guess (accelerators verify a few tokens for nearly the price of one).
-    """
-    kind = torch.device(device).type if device is not None else "cpu"
-    default = _CPU_VERIFY_COSTS["torch" if kind != "cpu" else backend()]
-    return VerifyCost(
-        default.jump if jump is None else jump, default.per_token if per_token is None else per_token
-    )
+        for layer in patched:
+            del layer.forward

@@ -174,7 +174,7 @@ class Decoder:
     def _scope(self) -> Iterator[None]:
         # The whole loop, proposers included, runs on the few-rows linear kernels (kernels.py): a draft model or a
         # head decodes a row or a few at a time too. Prefills and other wide products keep F.linear.
-        with torch.inference_mode(), few_rows_linear():
+        with torch.inference_mode(), few_rows_linear(self.model, *self.proposer.torch_modules()):
             yield
 
     # -- phases ---------------------------------------------------------------------------------------------

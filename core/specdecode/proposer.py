@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
+import torch.nn.functional as F
 
 
 @attrs.frozen(kw_only=True)
@@ -153,36 +154,80 @@ class Proposer:
     def finish(self) -> None:
         """Called once when generation ends (also after an error), to free per-generation state."""
 
+    def torch_modules(self) -> list[torch.nn.Module]:
+        """The torch modules this proposer runs (a draft model, a head). While a generation runs, the loop gives
+        their linear layers the CPU kernel it gives the target's (specdecode.kernels). Default: none."""
+        return []
+
 
 class PerSequenceProposer(Proposer):
     """Convenience base for proposers that think about one sequence at a time.
 
     Override :meth:`propose_one`, which gets the real (unpadded) tokens of one sequence as a 1-D tensor and returns
-    a 1-D tensor of at most ``num_tokens`` draft tokens (possibly empty). Batching and padding are handled here.
+    at most ``num_tokens`` draft tokens (possibly none). Batching and padding are handled here. While it runs,
+    ``self.request`` is the step's :class:`ProposeRequest` (sampling settings, generator).
     """
 
-    def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    request: ProposeRequest | None = None
+
+    def propose_one(
+        self, index: int, tokens: torch.Tensor, num_tokens: int
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Drafts for sequence ``index``: a 1-D tensor of token ids, or ``(token ids [n], q [n, V])`` when they
+        were sampled, q[i] being the distribution draft i was drawn from (see ``specdecode.toolkit.draw``)."""
         raise NotImplementedError
 
     def propose(self, request: ProposeRequest) -> Proposal:
-        ids, mask = request.input_ids, request.attention_mask
+        self.request = request
+        ids, mask, device = request.input_ids, request.attention_mask, request.input_ids.device
         batch = ids.shape[0]
         if batch == 1:  # the common case: no padding to strip, no host sync on the mask
             if not bool(request.active[0]):
-                return Proposal.empty(1, ids.device)
-            draft = self.propose_one(0, ids[0], request.num_tokens)
-            return Proposal(token_ids=draft.view(1, -1).to(device=ids.device, dtype=torch.long))
-        drafts = []
+                return Proposal.empty(1, device)
+            draft, q = _drafts_and_q(self.propose_one(0, ids[0], request.num_tokens))
+            return Proposal(
+                token_ids=draft.view(1, -1).to(device=device, dtype=torch.long),
+                draft_probs=None if q is None else q.unsqueeze(0).to(device),
+            )
         active = request.active.tolist()
-        for b in range(batch):
-            if active[b]:
-                tokens = ids[b][mask[b].bool()]
-                drafts.append(self.propose_one(b, tokens, request.num_tokens).to(torch.long).cpu())
-            else:
-                drafts.append(torch.empty(0, dtype=torch.long))
-        width = max(len(d) for d in drafts)
-        token_ids = torch.zeros(batch, width, dtype=torch.long)
-        for b, d in enumerate(drafts):
-            token_ids[b, : len(d)] = d
-        lengths = torch.tensor([len(d) for d in drafts], dtype=torch.long)
-        return Proposal(token_ids=token_ids.to(ids.device), lengths=lengths.to(ids.device))
+        empty = (torch.empty(0, dtype=torch.long), None)
+        drafts = [
+            _drafts_and_q(self.propose_one(b, ids[b][mask[b].bool()], request.num_tokens)) if active[b] else empty
+            for b in range(batch)
+        ]
+        width = max(len(d) for d, _ in drafts)
+        token_ids = torch.zeros(batch, width, dtype=torch.long, device=device)
+        vocab = next((q.shape[-1] for _, q in drafts if q is not None), None)
+        probs = None if vocab is None else torch.zeros(batch, width, vocab, device=device)
+        for b, (draft, q) in enumerate(drafts):
+            n = len(draft)
+            token_ids[b, :n] = draft.to(device)
+            if probs is not None and n:  # a row drafted without q: its drafts are deterministic (q one-hot)
+                probs[b, :n] = q.to(device) if q is not None else F.one_hot(draft.to(device), vocab).float()
+        lengths = torch.tensor([len(d) for d, _ in drafts], dtype=torch.long, device=device)
+        return Proposal(token_ids=token_ids, draft_probs=probs, lengths=lengths)
+
+
+def _drafts_and_q(drafted: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]):
+    if isinstance(drafted, tuple):
+        return drafted[0].to(torch.long), drafted[1]
+    return drafted.to(torch.long), None
+
+
+class SequenceReader:
+    """How far a proposer has read each sequence, so that it takes in only the tokens that arrived since.
+
+    Make one in ``start()``; per step, :meth:`unread` returns sequence ``index``'s new tokens and whether the
+    sequence started over (first seen, or shorter than last time), in which case they are all of its tokens.
+    Proposers that learn only from verified tokens need no rollback: the loop hands them only those.
+    """
+
+    def __init__(self) -> None:
+        self.read: dict[int, int] = {}
+
+    def unread(self, index: int, tokens: torch.Tensor | list[int]) -> tuple[list[int], bool]:
+        seen = self.read.get(index)
+        restarted = seen is None or seen > len(tokens)
+        self.read[index] = len(tokens)
+        new = tokens if restarted else tokens[seen:]
+        return (new.tolist() if isinstance(new, torch.Tensor) else list(new)), restarted

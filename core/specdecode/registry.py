@@ -128,8 +128,8 @@ class _Registry:
         for impl in self.pm.hook.specdecode_proposers.get_hookimpls():
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
             dist, version = self._dist_of.get(plugin_name, (IN_CODE, ""))
-            try:
-                specs = list(impl.function() or [])
+            try:  # one plugin at a time, so a broken one is reported by name and the others still count
+                specs = [spec for result in self.call_one(plugin_name, "specdecode_proposers") for spec in result or []]
             except Exception as exc:
                 message = f"specdecode plugin '{plugin_name}' ({dist}) raised in specdecode_proposers: {exc}"
                 if self.strict:
@@ -161,6 +161,11 @@ class _Registry:
                     spec=spec,
                 )
         return dict(sorted(table.items()))
+
+    def call_one(self, plugin_name: str, hook: str, **kwargs: Any) -> list[Any]:
+        """Call ``hook`` of one plugin only, through the plugin manager (a subset hook caller)."""
+        others = [p for name, p in self.pm.list_name_plugin() if name != plugin_name]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
 
     def get(self, name: str) -> MethodInfo:
         table = self.methods()

@@ -43,6 +43,28 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def draw(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A draft token per row of ``[..., V]`` logits, picked the way the target picks: the argmax when greedy, a
+    sample from the warped distribution otherwise -> (tokens ``[...]``, q ``[..., V]``).
+
+    q is the distribution the token came from (greedy: the plain softmax, whose argmax it is; its maximum is the
+    draft's confidence). When sampling, hand exactly this q over as ``Proposal.draft_probs``.
+    """
+    q = draft_distribution(logits, params)
+    if params.greedy:
+        return q.argmax(dim=-1), q
+    flat = q.reshape(-1, q.shape[-1])
+    return sample(flat, generator).reshape(q.shape[:-1]), q
+
+
+def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution :func:`draw` picks from, without picking: the plain softmax when greedy, the warped
+    distribution when sampling (for proposers that rank candidates by it)."""
+    return logits.float().softmax(dim=-1) if params.greedy else warp_probs(logits, params)
+
+
 def _valid_mask(draft: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     positions = torch.arange(draft.shape[1], device=draft.device)
     if lengths is None:

@@ -27,6 +27,8 @@ from typing import Protocol
 
 import attrs
 
+from .costs import expected_tokens
+
 
 @attrs.frozen(kw_only=True)
 class StepOutcome:
@@ -79,13 +81,6 @@ class HeuristicSchedule:
             self.k = min(self.k + 2, self.max_k)
         else:
             self.k = max(self.k - 1, 1)
-
-
-def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens per row emitted by a step with k drafts: (1 - a^(k+1)) / (1 - a), bonus token included."""
-    if alpha >= 1.0:
-        return float(k + 1)
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
 class RunningMedian:

@@ -17,7 +17,6 @@ fastest. Sweep order: K with the configured window, then (ngram only) the window
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,7 +26,9 @@ from typing import Any
 import attrs
 
 from .bench import PLAIN, BenchResult, PromptRecord, Variant, run_bench
+from .cache import cache_kwarg_name, crop_to, keep_past, new_cache
 from .config import SpeculativeConfig
+from .costs import expected_tokens
 from .errors import ConfigError
 from .plotting import pyplot
 
@@ -49,19 +50,18 @@ class CostCurve:
 def measure_verify_costs(model: Any, input_ids: Any, max_tokens: int, repeats: int = 5) -> CostCurve:
     """Time target forwards over 1..max_tokens tokens appended to the cache of ``input_ids`` [1, T]."""
     import torch
-    from transformers import DynamicCache
 
     from .kernels import few_rows_linear
 
-    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
+    cache_kwarg = cache_kwarg_name(model)
+    cache = new_cache(model)
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
     # The same linear kernels as specdecode's own forwards (kernels.py), so the curve is the loop's.
-    with torch.inference_mode(), few_rows_linear():
+    with torch.inference_mode(), few_rows_linear(model):
         model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
-        if hasattr(cache, "activate_past_recording"):
-            cache.activate_past_recording()  # sliding-window layers must keep what crop() gives back
+        keep_past(cache)
+        context = cache.get_seq_length()
         times: dict[int, list[float]] = {n: [] for n in range(1, max_tokens + 1)}
         # Round-robin over n (the first round is a warm-up) so a burst of load on a shared machine spreads
         # over all points instead of bending one of them.
@@ -72,20 +72,13 @@ def measure_verify_costs(model: Any, input_ids: Any, max_tokens: int, repeats: i
                 model(input_ids=ids, use_cache=True, **{cache_kwarg: cache})
                 if round_ > 0:
                     times[n].append(time.perf_counter() - start)
-                cache.crop(-n)
+                crop_to(cache, context)
         seconds = {n: statistics.median(t) for n, t in times.items()}
     return CostCurve(context=int(input_ids.shape[1]), seconds=seconds)
 
 
-def expected_tokens_per_step(alpha: float, k: int) -> float:
-    """Leviathan's E[tokens per verify step] for i.i.d. acceptance with probability ``alpha``."""
-    if alpha >= 1.0:
-        return float(k + 1)
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
 def predicted_speedup(alpha: float, k: int, costs: CostCurve, draft_seconds_per_step: float = 0.0) -> float:
-    return expected_tokens_per_step(alpha, k) * costs.seconds[1] / (costs.seconds[k + 1] + draft_seconds_per_step)
+    return expected_tokens(alpha, k) * costs.seconds[1] / (costs.seconds[k + 1] + draft_seconds_per_step)
 
 
 @attrs.define(kw_only=True)

@@ -31,7 +31,7 @@ from .conformance import (
     run_conformance,
 )
 from .models import repetitive_prompts, tiny_llama
-from .plugins import fresh_registry, registered_plugin
+from .plugins import fresh_registry, registered_plugin, run_cli
 from .probe import ContractViolation, ProposerProbe, probe
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "registered_plugin",
     "repetitive_prompts",
     "run_check",
+    "run_cli",
     "run_conformance",
     "tiny_llama",
 ]

@@ -49,3 +49,11 @@ def fresh_registry(env: Mapping[str, str | None] | None = None) -> Iterator[None
             else:
                 os.environ[var] = value
         reset_registry()
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the ``specdecode`` command line in this process (with every command plugins add) and return its exit
+    status, as the console script would; output goes to this process's stdout and stderr (capsys sees it)."""
+    from ..cli import main
+
+    return main(argv)

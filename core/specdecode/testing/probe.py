@@ -41,7 +41,7 @@ def probe(
     replay: Callable[[ProposeRequest], Proposal] | None = None,
 ) -> Proposer:
     """Wrap ``inner`` in a :class:`ProposerProbe` that keeps its capability flags (the loop reads them from the
-    class)."""
+    class), the hidden-state layers it asks for and the modules it runs."""
     cls = type(inner)
     probe_cls = type(
         f"Probed{cls.__name__}",
@@ -66,6 +66,10 @@ class ProposerProbe(Proposer):
         self.replay = replay
         self.log = ProbeLog()
         self.name = type(inner).__name__
+        self.hidden_state_layers = getattr(inner, "hidden_state_layers", None)  # may be set per instance
+
+    def torch_modules(self) -> list:
+        return self.inner.torch_modules()
 
     def start(self, context: StartContext) -> None:
         before = context.input_ids.clone()

@@ -20,6 +20,8 @@ import pytest
 
 from .conformance import CHECKS, ConformanceCase, run_check
 
+__all__ = ["ConformanceTests", "conformance_params"]
+
 
 def conformance_params(
     cases: Iterable[ConformanceCase], *, checks: Iterable[str] | None = None, skip: Iterable[str] = ()

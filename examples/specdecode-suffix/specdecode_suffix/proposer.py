@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from specdecode import PerSequenceProposer, StartContext, VerifyResult
+from specdecode.toolkit import SequenceReader
 
 from .options import SuffixOptions
 from .trie import SuffixTrie, most_likely_path
@@ -51,12 +52,14 @@ class SuffixProposer(PerSequenceProposer):
         self.options = options
         self.cache = cache
         self.tries: dict[int, SuffixTrie] = {}
+        self.reader = SequenceReader()
         self.prompt_length = 0
         self.latest: torch.Tensor | None = None  # the newest verified tokens seen, [B, T]
         self.verified_steps = 0
 
     def start(self, context: StartContext) -> None:
         self.tries = {}
+        self.reader = SequenceReader()
         self.prompt_length = context.input_ids.shape[1] - 1  # input_ids holds the first generated token too
         self.latest = context.input_ids
         self.verified_steps = 0
@@ -89,9 +92,9 @@ class SuffixProposer(PerSequenceProposer):
     def _trie_for(self, index: int, tokens: torch.Tensor) -> SuffixTrie:
         """This sequence's trie, caught up with ``tokens``. Only verified tokens ever enter it, so a rejected
         draft needs no rollback."""
-        trie = self.tries.get(index)  # its clock counts the tokens appended so far
-        if trie is None or trie.clock > tokens.shape[0]:  # new or shorter sequence: start over
-            trie = self.tries[index] = SuffixTrie(self.options.max_depth)
-        if trie.clock < tokens.shape[0]:
-            trie.append(tokens[trie.clock :].tolist())
+        new, restarted = self.reader.unread(index, tokens)
+        if restarted:
+            self.tries[index] = SuffixTrie(self.options.max_depth)
+        trie = self.tries[index]
+        trie.append(new)
         return trie

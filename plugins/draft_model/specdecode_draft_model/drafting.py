@@ -1,7 +1,7 @@
-"""Drafting k tokens autoregressively from a :class:`DraftCache`, greedy or sampled.
+"""Drafting k tokens autoregressively from a draft model's :class:`specdecode.toolkit.TokenCache`, greedy or sampled.
 
-Sampled drafts come from ``warp_probs(draft_logits, sampling)`` (the target's temperature / top-k / top-p) and
-those exact probabilities are returned as q, so rejection sampling stays lossless. Logits are first fitted to
+Tokens are picked by ``specdecode.toolkit.draw`` (the target's way of picking: temperature / top-k / top-p when
+sampling), and the distributions they were sampled from are returned as q, so rejection sampling stays lossless. Logits are first fitted to
 the target's vocabulary: ids the target does not have are masked, ids the draft does not have get probability
 0.
 """
@@ -13,9 +13,7 @@ from collections.abc import Collection
 import attrs
 import torch
 from specdecode import SamplingParams
-from specdecode.sampling import sample, warp_probs
-
-from .draft_cache import DraftCache
+from specdecode.toolkit import TokenCache, draw
 
 
 def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -36,7 +34,7 @@ class Draft:
 
 
 def draft_tokens(
-    cache: DraftCache,
+    cache: TokenCache,
     context: list[int],
     num_tokens: int,
     *,
@@ -53,21 +51,15 @@ def draft_tokens(
     its device before picking, so q lives where the verifier reads it. Drafting stops before a token whose
     distribution's top probability is below ``p_min``, and after a token in ``stop_ids``.
     """
-    logits = cache.advance_to(context)
+    logits = cache.sync(context)
     tokens: list[int] = []
     probs: list[torch.Tensor] = []
     for i in range(num_tokens):
-        fitted = fit_vocab(logits.to(device), vocab_size)  # [V]
+        token, q = draw(fit_vocab(logits.to(device), vocab_size), sampling, generator)  # [], [V]
+        if p_min is not None and float(q.max()) < p_min:
+            break
         if sampling.do_sample:
-            q = warp_probs(fitted, sampling)
-            if p_min is not None and float(q.max()) < p_min:
-                break
-            token = sample(q.unsqueeze(0), generator)[0]
             probs.append(q)
-        else:
-            if p_min is not None and float(fitted.float().softmax(-1).max()) < p_min:
-                break
-            token = fitted.argmax()
         token_id = int(token)
         tokens.append(token_id)
         if token_id in stop_ids or i + 1 == num_tokens:

@@ -12,7 +12,8 @@ import copy
 from typing import Any
 
 import torch
-from specdecode.errors import ConfigError, invalid
+from specdecode import ConfigError
+from specdecode.toolkit import invalid
 
 
 def _shallow_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 import torch
-from specdecode.errors import ConfigError
+from specdecode import ConfigError
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +41,7 @@ def resolve_draft(draft_model: Any, target: Any) -> LoadedDraft:
 
 @functools.lru_cache(maxsize=2)
 def _load_by_name(name: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from specdecode.models import resolve_model_path
+    from specdecode.toolkit import resolve_model_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -65,7 +65,7 @@ def resolve_tokenizer(tokenizer: Any) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(name: str) -> Any:
-    from specdecode.models import resolve_model_path
+    from specdecode.toolkit import resolve_model_path
     from transformers import AutoTokenizer
 
     if os.path.isdir(name):  # a tokenizer directory need not hold a model

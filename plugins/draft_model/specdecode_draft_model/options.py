@@ -7,14 +7,7 @@ import os
 from typing import Any
 
 import attrs
-from specdecode.errors import invalid
-
-
-def _check_p_min(instance: Any, attribute: attrs.Attribute, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise invalid(f"method_options.{attribute.name}", value, "a number in [0, 1) or null (no early stop)")
+from specdecode.toolkit import invalid, validators
 
 
 def _check_tokenizer(instance: Any, attribute: attrs.Attribute, value: object) -> None:
@@ -22,19 +15,13 @@ def _check_tokenizer(instance: Any, attribute: attrs.Attribute, value: object) -
         return
     if not (callable(getattr(value, "decode", None)) and callable(value)):
         raise invalid(
-            f"method_options.{attribute.name}",
+            validators.option_name(attribute),
             value,
             "a tokenizer object, a local tokenizer directory or an embedded model name",
         )
 
 
-def _check_num_layers(instance: Any, attribute: attrs.Attribute, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(
-            f"method_options.{attribute.name}", value, "an integer >= 1 (layers kept in the draft) or null"
-        )
+_p_min = validators.number(0, 1, high_open=True, optional=True, meaning="(no early stop)")
 
 
 @attrs.frozen(kw_only=True)
@@ -48,7 +35,7 @@ class DraftModelOptions:
       The target's tokenizer must then be passed to ``generate(tokenizer=...)``.
     """
 
-    draft_p_min: float | None = attrs.field(default=None, validator=_check_p_min)
+    draft_p_min: float | None = attrs.field(default=None, validator=_p_min)
     draft_tokenizer: Any = attrs.field(default=None, validator=_check_tokenizer, eq=False)
 
 
@@ -61,5 +48,7 @@ class LayerSkipOptions:
     * ``draft_p_min``: as for ``draft_model``.
     """
 
-    num_layers: int | None = attrs.field(default=None, validator=_check_num_layers)
-    draft_p_min: float | None = attrs.field(default=None, validator=_check_p_min)
+    num_layers: int | None = attrs.field(
+        default=None, validator=validators.integer(1, optional=True, meaning="(layers kept in the draft)")
+    )
+    draft_p_min: float | None = attrs.field(default=None, validator=_p_min)

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 import torch
-from specdecode.errors import ConfigError
+from specdecode import ConfigError
 
 # Models pad their embedding to a multiple of 64..256 rows; a larger gap means other tokens.
 MAX_VOCAB_PADDING = 1024

@@ -1,8 +1,8 @@
 """The proposers: a draft model sharing the target's tokenizer, and one drafting in its own tokens.
 
-Both keep one :class:`DraftCache` per sequence. Nothing is done in ``on_verified``: the next ``propose``
-compares the cache's tokens with the sequence, crops the rejected drafts and feeds the corrected or bonus
-token, so the draft catches up in the same forward pass that starts its next draft.
+Both keep one :class:`specdecode.toolkit.TokenCache` per sequence. Nothing is done in ``on_verified``: the next
+``propose`` compares the cache's tokens with the sequence, crops the rejected drafts and feeds the corrected or
+bonus token, so the draft catches up in the same forward pass that starts its next draft.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from specdecode import Proposal, Proposer, ProposeRequest, SamplingParams, StartContext
-from specdecode.errors import ConfigError
+from specdecode import ConfigError, PerSequenceProposer, SamplingParams, StartContext
+from specdecode.toolkit import TokenCache
 
-from .draft_cache import DraftCache
 from .drafting import Draft, draft_tokens
 
 GREEDY = SamplingParams()
@@ -29,39 +28,14 @@ def sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[lis
     return [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
 
 
-def to_proposal(drafts: list[Draft | None], vocab_size: int, device: torch.device, sampled: bool) -> Proposal:
-    """Pad per-sequence drafts into one :class:`Proposal` (``None`` = inactive sequence, nothing drafted)."""
-    batch = len(drafts)
-    width = max((len(d.token_ids) for d in drafts if d is not None), default=0)
-    if width == 0:
-        return Proposal.empty(batch, device)
-    if batch == 1:
-        draft = drafts[0]
-        assert draft is not None
-        ids = torch.tensor([draft.token_ids], dtype=torch.long, device=device)
-        probs = draft.probs.unsqueeze(0) if sampled and draft.probs is not None else None
-        return Proposal(token_ids=ids, draft_probs=probs)
-    ids = torch.zeros(batch, width, dtype=torch.long, device=device)
-    probs = torch.zeros(batch, width, vocab_size, device=device) if sampled else None
-    lengths = []
-    for b, draft in enumerate(drafts):
-        n = 0 if draft is None else len(draft.token_ids)
-        lengths.append(n)
-        if n:
-            ids[b, :n] = torch.tensor(draft.token_ids, device=device)
-            if probs is not None and draft.probs is not None:
-                probs[b, :n] = draft.probs
-    return Proposal(token_ids=ids, draft_probs=probs, lengths=torch.tensor(lengths, device=device))
-
-
-class _DraftProposerBase(Proposer):
+class _DraftProposerBase(PerSequenceProposer):
     """What both proposers share: per-sequence caches and counters of the draft's work."""
 
     def __init__(self, draft_model: Any, *, draft_device: torch.device, p_min: float | None):
         self.draft_model = draft_model
         self.draft_device = draft_device
         self.p_min = p_min
-        self.caches: dict[int, DraftCache] = {}
+        self.caches: dict[int, TokenCache] = {}
         self._finished_forwards = 0
         self._finished_seconds = 0.0
 
@@ -74,9 +48,17 @@ class _DraftProposerBase(Proposer):
     def draft_seconds(self) -> float:
         return self._finished_seconds + sum(c.seconds for c in self.caches.values())
 
-    def _new_caches(self, batch: int) -> None:
+    def _new_caches(self, context: StartContext, prompt: Callable[[list[int]], list[int]]) -> None:
+        """One cache per sequence, holding ``prompt(tokens)`` of its prompt (the newest token is fed with the
+        first draft)."""
         self.finish()
-        self.caches = {b: DraftCache(self.draft_model, self.draft_device) for b in range(batch)}
+        with torch.inference_mode():
+            for b, tokens in enumerate(sequences(context.input_ids, context.attention_mask)):
+                self.caches[b] = TokenCache(self.draft_model, self.draft_device)
+                self.caches[b].prefill(prompt(tokens[:-1]))
+
+    def torch_modules(self) -> list[torch.nn.Module]:
+        return [self.draft_model]
 
     def finish(self) -> None:
         self._finished_forwards = self.draft_forwards
@@ -103,33 +85,22 @@ class DraftModelProposer(_DraftProposerBase):
     def start(self, context: StartContext) -> None:
         if self.check_tokenizer is not None and context.tokenizer is not None:
             self.check_tokenizer(context.tokenizer)
-        self._new_caches(context.input_ids.shape[0])
-        with torch.inference_mode():
-            for b, tokens in enumerate(sequences(context.input_ids, context.attention_mask)):
-                self.caches[b].prefill(tokens[:-1])
+        self._new_caches(context, lambda tokens: tokens)
 
-    def propose(self, request: ProposeRequest) -> Proposal:
-        device = request.input_ids.device
-        drafts: list[Draft | None] = []
-        active = request.active.tolist()
-        with torch.inference_mode():
-            for b, tokens in enumerate(sequences(request.input_ids, request.attention_mask)):
-                if not active[b]:
-                    drafts.append(None)
-                    continue
-                drafts.append(
-                    draft_tokens(
-                        self.caches[b],
-                        tokens,
-                        request.num_tokens,
-                        vocab_size=self.vocab_size,
-                        sampling=request.sampling,
-                        generator=request.generator,
-                        device=device,
-                        p_min=self.p_min,
-                    )
-                )
-        return to_proposal(drafts, self.vocab_size, device, request.sampling.do_sample)
+    def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int):
+        request = self.request
+        assert request is not None  # set by PerSequenceProposer.propose
+        draft = draft_tokens(
+            self.caches[index],
+            tokens.tolist(),
+            num_tokens,
+            vocab_size=self.vocab_size,
+            sampling=request.sampling,
+            generator=request.generator,
+            device=tokens.device,
+            p_min=self.p_min,
+        )
+        return torch.tensor(draft.token_ids, dtype=torch.long), draft.probs
 
 
 class CrossTokenizerProposer(_DraftProposerBase):
@@ -160,19 +131,10 @@ class CrossTokenizerProposer(_DraftProposerBase):
                 value=None,
             )
         self.target_tokenizer = context.tokenizer
-        self._new_caches(context.input_ids.shape[0])
-        with torch.inference_mode():
-            for b, tokens in enumerate(sequences(context.input_ids, context.attention_mask)):
-                self.caches[b].prefill(self._draft_context(tokens[:-1])[:-1])
+        self._new_caches(context, lambda tokens: self._draft_context(tokens)[:-1])
 
-    def propose(self, request: ProposeRequest) -> Proposal:
-        device = request.input_ids.device
-        drafts: list[Draft | None] = []
-        active = request.active.tolist()
-        with torch.inference_mode():
-            for b, tokens in enumerate(sequences(request.input_ids, request.attention_mask)):
-                drafts.append(self._propose_one(b, tokens, request.num_tokens) if active[b] else None)
-        return to_proposal(drafts, 0, device, sampled=False)
+    def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        return torch.tensor(self._propose_one(index, tokens.tolist(), num_tokens).token_ids, dtype=torch.long)
 
     def _propose_one(self, index: int, tokens: list[int], num_tokens: int) -> Draft:
         text = self._text(tokens)

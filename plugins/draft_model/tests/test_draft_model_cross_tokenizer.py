@@ -78,7 +78,6 @@ def test_merged_draft_tokens_are_split_into_target_tokens(target, target_tokeniz
     draft = tiny_llama(vocab_size=len(draft_tokenizer), num_layers=1, seed=4)
     proposer = CrossTokenizerProposer(draft, draft_tokenizer, draft_device=torch.device("cpu"), p_min=None)
     proposer.target_tokenizer = target_tokenizer
-    proposer._new_caches(1)
     continuation = proposer._continuation_text(
         draft_tokenizer("xy")["input_ids"], draft_tokenizer("the")["input_ids"]
     )

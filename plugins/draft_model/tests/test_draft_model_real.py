@@ -13,14 +13,14 @@ NEW = 20
 
 @pytest.fixture(scope="module")
 def smol():
-    from specdecode.models import load_model
+    from specdecode import load_model
 
     return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
 def gemma():
-    from specdecode.models import load_model
+    from specdecode import load_model
 
     return load_model("gemma3-270m")
 

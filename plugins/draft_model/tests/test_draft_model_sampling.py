@@ -9,8 +9,8 @@ import specdecode
 import torch
 from draft_model_helpers import char_tokenizer, sharpen
 from specdecode import SamplingParams
-from specdecode.sampling import warp_probs
 from specdecode.testing import tiny_llama
+from specdecode.toolkit import warp_probs
 
 VOCAB = 4
 PROMPT = torch.tensor([[0, 1, 2, 3, 1]])

@@ -8,7 +8,7 @@ Speculation is not free: a target forward over k+1 tokens costs more than over o
 default) the proposer therefore drafts only when it expects to gain: it keeps running acceptance estimates per match
 length and, with a verify-cost curve (options; ``specdecode tune`` measures it), picks the k that
 maximises expected tokens per unit of cost (Leviathan et al.), drafting nothing when no k beats a plain step. The
-curve defaults to the core's for the device and linear kernel in use (``specdecode.kernels.verify_cost``).
+curve defaults to the core's for the device and linear kernel in use (``specdecode.toolkit.verify_cost``).
 Decisions depend only on the tokens seen, never on timings, so seeded sampling stays reproducible.
 """
 
@@ -18,13 +18,7 @@ import attrs
 import specdecode
 import torch
 from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
-from specdecode.errors import invalid
-from specdecode.kernels import verify_cost
-
-
-def _fraction(instance, attribute, value) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise invalid(attribute.name, value, "a number in [0, 1]")
+from specdecode.toolkit import SequenceReader, best_draft_length, validators, verify_cost
 
 
 @attrs.frozen(kw_only=True)
@@ -32,16 +26,14 @@ class NgramOptions:
     """Options of ``method="ngram"`` (besides the config's prompt_lookup_min / prompt_lookup_max)."""
 
     # Draft only when the expected gain beats a plain step; False drafts every match at full length (vLLM's way).
-    adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    adaptive: bool = attrs.field(default=True, validator=validators.boolean())
     # Prior acceptance of a draft's first token for a match of n tokens: prior_first + prior_per_ngram * n.
-    prior_first: float = attrs.field(default=0.35, validator=_fraction)
-    prior_per_ngram: float = attrs.field(default=0.1, validator=_fraction)
+    prior_first: float = attrs.field(default=0.35, validator=validators.number(0, 1))
+    prior_per_ngram: float = attrs.field(default=0.1, validator=validators.number(0, 1))
     # Verify cost of k drafts relative to a plain step: 1 + cost_jump + cost_per_token * k. None: the core's curve
-    # for the device and linear kernel in use (specdecode.kernels.verify_cost; `specdecode tune` measures yours).
-    cost_jump: float | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0)))
-    cost_per_token: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0))
-    )
+    # for the device and linear kernel in use (specdecode.toolkit.verify_cost; `specdecode tune` measures yours).
+    cost_jump: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
+    cost_per_token: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
 
 
 class NgramIndex:
@@ -102,22 +94,12 @@ class AcceptanceModel:
         """Take the verify-cost curve of ``device`` for the options left at None."""
         self.verify_cost = verify_cost(device, self.options.cost_jump, self.options.cost_per_token)
 
-    def cost(self, k: int) -> float:
-        """Verify cost with k drafts relative to a plain step."""
-        return self.verify_cost(k)
-
     def best_k(self, n: int, available: int) -> int:
         """The k (0 = no drafting) that maximises expected tokens per unit of verify cost."""
         a_first = self.first[n][0] / self.first[n][1]
         a_later = self.later[0] / self.later[1]
-        best_k, best_rate = 0, 1.0
-        expected, survive = 1.0, a_first
-        for k in range(1, available + 1):
-            expected += survive  # token k is emitted only if drafts 1..k are all accepted
-            survive *= a_later
-            rate = expected / self.cost(k)
-            if rate > best_rate * 1.02:  # a 2% margin keeps noise from buying expensive steps
-                best_k, best_rate = k, rate
+        survival = [a_first * a_later**i for i in range(available)]  # P(drafts 1..i+1 all accepted)
+        best_k = best_draft_length(survival, self.verify_cost)
         if best_k == 0:
             # Explore now and then, or a pessimistic estimate could never be corrected.
             self.skipped += 1
@@ -146,21 +128,23 @@ class NgramProposer(PerSequenceProposer):
         self.options = options or NgramOptions()
         self.max_k = max_k
         self.indexes: dict[int, NgramIndex] = {}
+        self.reader = SequenceReader()
         self.model = AcceptanceModel(self.options, max_n, max_k)
         self.pending: dict[int, tuple[int, int]] = {}  # sequence -> (match length, drafted) of its current draft
 
     def start(self, context: StartContext) -> None:
         self.indexes = {}
+        self.reader = SequenceReader()
         self.pending = {}
         ids = getattr(context, "input_ids", None)
         self.model.set_device(None if ids is None else ids.device)
 
     def propose_one(self, index: int, tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
-        ngram = self.indexes.get(index)
-        if ngram is None or len(ngram.tokens) > tokens.shape[0]:  # new sequence (or a new generation)
-            ngram = self.indexes[index] = NgramIndex(self.min_n, self.max_n)
-        if len(ngram.tokens) < tokens.shape[0]:
-            ngram.extend(tokens[len(ngram.tokens) :].tolist())
+        new, restarted = self.reader.unread(index, tokens)
+        if restarted:
+            self.indexes[index] = NgramIndex(self.min_n, self.max_n)
+        ngram = self.indexes[index]
+        ngram.extend(new)
         draft, n = ngram.match(num_tokens)
         if draft and self.options.adaptive:
             draft = draft[: self.model.best_k(n, len(draft))]

@@ -87,25 +87,33 @@ def test_the_cost_curve_decides_whether_a_coin_flip_is_worth_drafting():
         return model
 
     expensive = trained(NgramOptions(cost_jump=0.6, cost_per_token=0.0))  # a verify step costs 1.6 plain steps
-    assert expensive.cost(1) == pytest.approx(1.6)
+    assert expensive.verify_cost(1) == pytest.approx(1.6)
     assert expensive.best_k(1, 1) == 0
     cheap = trained(NgramOptions(cost_jump=0.0, cost_per_token=0.0))  # as cheap as a plain step (GPU-like)
     assert cheap.best_k(1, 1) == 1
 
 
 def test_cost_curve_defaults_to_the_cores_and_options_override_it():
-    from specdecode.kernels import verify_cost
+    from specdecode.toolkit import verify_cost
     from specdecode_ngram import AcceptanceModel, NgramOptions
 
     default = AcceptanceModel(NgramOptions(), max_n=2, max_k=5, device="cpu")
-    assert default.cost(3) == pytest.approx(verify_cost("cpu")(3))
+    assert default.verify_cost(3) == pytest.approx(verify_cost("cpu")(3))
     mixed = AcceptanceModel(NgramOptions(cost_jump=0.0), max_n=2, max_k=5, device="cpu")
-    assert mixed.cost(2) == pytest.approx(1.0 + 2 * verify_cost("cpu").per_token)
+    assert mixed.verify_cost(2) == pytest.approx(1.0 + 2 * verify_cost("cpu").per_token)
 
 
 def test_bad_options_are_named():
-    with pytest.raises(specdecode.ConfigError, match=r"'prior_first' must be a number in \[0, 1\] \(got 1.5\)"):
+    with pytest.raises(
+        specdecode.ConfigError, match=r"'method_options.prior_first' must be a number in \[0, 1\] \(got 1.5\)"
+    ):
         specdecode.SpeculativeConfig(method="ngram", method_options={"prior_first": 1.5})
+    with pytest.raises(specdecode.ConfigError, match=r"'method_options.adaptive' must be true or false \(got 1\)"):
+        specdecode.SpeculativeConfig(method="ngram", method_options={"adaptive": 1})
+    with pytest.raises(
+        specdecode.ConfigError, match=r"'method_options.cost_jump' must be a number >= 0 or null \(got -0.5\)"
+    ):
+        specdecode.SpeculativeConfig(method="ngram", method_options={"cost_jump": -0.5})
 
 
 def test_non_adaptive_drafts_every_match_in_full():
