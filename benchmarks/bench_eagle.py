@@ -60,7 +60,7 @@ def draft_step_cost(model, drafter, prompt: torch.Tensor, repeats: int) -> dict[
     """Median seconds of one target decode step and one head draft step, both after prefilling ``prompt``."""
     from transformers import DynamicCache
 
-    with torch.inference_mode(), few_rows_linear():  # the kernel specdecode's loop runs on
+    with torch.inference_mode(), few_rows_linear(model, drafter.head):  # the kernel specdecode's loop runs on
         cache = DynamicCache(config=model.config)
         out = model(input_ids=prompt, cache=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         row["plain_s"] += seconds
         row["tokens"] += plain.shape[1] - ids.shape[1]
         if args.kernel_baseline:
-            with few_rows_linear():
+            with few_rows_linear(model):
                 _, seconds = timed(lambda ids=ids: plain_generate(ids))
             row["plain_k_s"] += seconds
         for k in ks:

@@ -43,6 +43,25 @@ def _eagle_head_for(vocab_size: int, hidden_size: int) -> str:
     return str(save_head(head.eval(), directory, dtype=torch.float32))
 
 
+@functools.lru_cache(maxsize=8)
+def _eagle3_head_for(vocab_size: int, hidden_size: int, num_layers: int) -> str:
+    """A random EAGLE-3 head for a tiny target, saved in the speculators format (a directory)."""
+    from specdecode_eagle.eagle3 import random_eagle3_head
+    from specdecode_eagle.eagle3_checkpoint import save_speculators
+
+    target = tiny_llama(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers)
+    # vLLM's default aux layers (2, L // 2, L - 3) need L >= 4 target layers; the tiny targets have 2.
+    head = random_eagle3_head(target.config, std=0.3, aux_layer_ids=(0, num_layers // 2, num_layers - 1))
+    directory = tempfile.mkdtemp(prefix="specdecode-eagle3-head-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(save_speculators(head, directory))
+
+
+def _eagle3_config(target) -> dict:
+    c = target.config
+    return {"draft_model": _eagle3_head_for(c.vocab_size, c.hidden_size, c.num_hidden_layers)}
+
+
 # method name -> ConformanceCase keywords (besides method=); a list checks the method in several set-ups
 SETUPS: dict[str, dict | list[dict]] = {
     "ngram": [
@@ -86,6 +105,20 @@ SETUPS: dict[str, dict | list[dict]] = {
             },
             "options": {"adaptive": False, "tree_width": 3, "tree_nodes": 10},
             "bad_options": [{"tree_width": 0}, {"tree_nodes": 0}, {"tree_width": 2.5}],
+        },
+    ],
+    "eagle3": [
+        # As eagle's: cheap costs and a confident prior keep the back-off drafting a random head.
+        {
+            "config": _eagle3_config,
+            "options": {"confidence_prior": 2.0, "cost_jump": 0.0, "cost_per_token": 0.02, "draft_cost": 0.0},
+            "history_only": False,
+            "bad_options": [{"head": 3}, {"use_draft_vocab": False}, {"adaptive": "yes"}, {"draft_cost": -1}],
+        },
+        {
+            "label": "eagle3-fixed-tree",
+            "config": _eagle3_config,
+            "options": {"adaptive": False, "tree_width": 3, "tree_nodes": 10},
         },
     ],
 }

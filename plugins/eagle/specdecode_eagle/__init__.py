@@ -2,10 +2,13 @@
 
     specdecode.generate(model, ids, {"method": "eagle", "num_speculative_tokens": 5})  # SmolLM2-135M: built-in head
     specdecode.generate(model, ids, {"method": "eagle", "model": "path/to/head"})      # any other head (vLLM's key)
+    specdecode.generate(model, ids, {"method": "eagle3", "model": "path/to/eagle3"})   # an EAGLE-3 head
 
 The head comes from ``method_options={"head": PATH}`` or the config's ``draft_model`` / ``model`` (a directory in the
-specdecode-eagle or the EAGLE authors' format); with neither, the head shipped in this package is used when the target
-is SmolLM2-135M-Instruct. Train a head with ``specdecode train-eagle`` or ``python -m specdecode_eagle.train``.
+specdecode-eagle or the EAGLE authors' format; for ``eagle3``, the speculators format vLLM loads or the EAGLE authors'
+EAGLE-3 format); with neither, method ``eagle`` uses the head shipped in this package when the target is
+SmolLM2-135M-Instruct. Train a head with ``specdecode train-eagle`` or ``python -m specdecode_eagle.train``; write an
+EAGLE-3 head in the speculators format with ``specdecode export-eagle``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import attrs
 import specdecode
 from specdecode import ConfigError, ProposerSpec
+from specdecode.toolkit import validators
 
 SHIPPED_HEADS = Path(__file__).parent / "heads"
 # The shipped head, and the target shape it was trained for (a target with this exact shape gets it by default).
@@ -33,82 +37,49 @@ SMOLLM2_SHAPE = {
 }
 
 
-def _optional_path(field: str):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"'{field}' must be a path or null (got {value!r})", field=field, value=value)
-
-    return check
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _non_negative(field: str):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if not _number(value) or value < 0:
-            raise ConfigError(f"'{field}' must be a number >= 0 (got {value!r})", field=field, value=value)
-
-    return check
-
-
-def _optional_non_negative(field: str):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value is not None and (not _number(value) or value < 0):
-            raise ConfigError(f"'{field}' must be a number >= 0 or null (got {value!r})", field=field, value=value)
-
-    return check
-
-
-def _ratio(field: str):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value is not None and (not _number(value) or not 0.0 < value <= 2.0):
-            raise ConfigError(
-                f"'{field}' must be a number in (0, 2] or null (got {value!r})", field=field, value=value
-            )
-
-    return check
-
-
-def _count(field: str, minimum: int = 0):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"'{field}' must be an integer >= {minimum} (got {value!r})", field=field, value=value)
-
-    return check
-
-
 @attrs.frozen(kw_only=True)
-class EagleOptions:
-    """Options of ``method="eagle"``.
+class HeadOptions:
+    """Options shared by ``method="eagle"`` and ``method="eagle3"``.
 
-    ``head``: directory of a draft head (specdecode-eagle or EAGLE authors' format); the config's ``draft_model``
-    is accepted too. ``use_draft_vocab``: score only the head's draft vocabulary when it has one (faster drafts);
-    False scores the full vocabulary.
+    ``head``: directory of a draft head; the config's ``draft_model`` is accepted too.
 
     Back-off (see specdecode_eagle/proposer.py): with ``adaptive`` (the default) each step drafts only as deep as
     the head's calibrated confidence says pays for itself, possibly nothing, and a head whose drafts keep failing is
     run less and less often (at most every ``max_skip`` + 1 steps). ``adaptive=False`` drafts exactly K tokens
     every step (for measuring raw acceptance). Costs are relative to one plain decode step of the target: a draft
     step costs ``draft_cost``, a verify pass over k drafts ``1 + cost_jump + cost_per_token * k`` (None: the
-    core's curve for the device and linear kernel in use, ``specdecode.kernels.verify_cost``). ``confidence_prior``: the acceptance
+    core's curve for the device and linear kernel in use, ``specdecode.toolkit.verify_cost``). ``confidence_prior``: the
+    acceptance
     chance per unit of head confidence assumed before this generation's verify results correct it (None: the
     ratios train-eagle measured for the head, stored in its eagle_head.json; 0.7 for a head without them).
     """
 
-    head: str | None = attrs.field(default=None, validator=_optional_path("method_options.head"))
-    use_draft_vocab: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    draft_cost: float = attrs.field(default=0.08, validator=_non_negative("method_options.draft_cost"))
-    cost_jump: float | None = attrs.field(default=None, validator=_optional_non_negative("method_options.cost_jump"))
-    cost_per_token: float | None = attrs.field(
-        default=None, validator=_optional_non_negative("method_options.cost_per_token")
+    head: str | None = attrs.field(default=None, validator=validators.path())
+    adaptive: bool = attrs.field(default=True, validator=validators.boolean())
+    draft_cost: float = attrs.field(default=0.08, validator=validators.number(0))
+    cost_jump: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
+    cost_per_token: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
+    confidence_prior: float | None = attrs.field(
+        default=None, validator=validators.number(0, 2, low_open=True, optional=True)
     )
-    confidence_prior: float | None = attrs.field(default=None, validator=_ratio("method_options.confidence_prior"))
-    max_skip: int = attrs.field(default=16, validator=_count("method_options.max_skip"))
-    tree_width: int = attrs.field(default=2, validator=_count("method_options.tree_width", 1))
-    tree_nodes: int = attrs.field(default=8, validator=_count("method_options.tree_nodes", 1))
+    max_skip: int = attrs.field(default=16, validator=validators.integer(0))
+    tree_width: int = attrs.field(default=2, validator=validators.integer(1))
+    tree_nodes: int = attrs.field(default=8, validator=validators.integer(1))
+
+
+@attrs.frozen(kw_only=True)
+class EagleOptions(HeadOptions):
+    """Options of ``method="eagle"``: :class:`HeadOptions` (``head``: a specdecode-eagle or EAGLE authors' EAGLE-1/2
+    directory) and ``use_draft_vocab``: score only the head's draft vocabulary when it has one (faster drafts);
+    False scores the full vocabulary."""
+
+    use_draft_vocab: bool = attrs.field(default=True, validator=validators.boolean())
+
+
+@attrs.frozen(kw_only=True)
+class Eagle3Options(HeadOptions):
+    """Options of ``method="eagle3"``: :class:`HeadOptions` (``head``: a speculators or EAGLE authors' EAGLE-3
+    directory). An EAGLE-3 head always scores its own draft vocabulary with its own LM head."""
 
 
 def default_head_path(target: Any) -> Path:
@@ -131,47 +102,90 @@ def default_head_path(target: Any) -> Path:
 _DRAFTERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, bool], Any]] = weakref.WeakKeyDictionary()
 
 
+def _cached(target: Any, key: tuple[Any, ...], build: Any) -> Any:
+    per_target = _DRAFTERS.setdefault(target, {})
+    if key not in per_target:
+        per_target[key] = build()
+    return per_target[key]
+
+
 def load_drafter(target: Any, head_path: str | os.PathLike | None = None, use_draft_vocab: bool = True) -> Any:
     """An :class:`~specdecode_eagle.head.EagleDrafter` for ``target`` (cached per target and head path)."""
     from .checkpoint import check_fits_target, load_head
     from .head import EagleDrafter
 
     path = Path(head_path).expanduser() if head_path is not None else default_head_path(target)
-    key = (str(path.resolve()), use_draft_vocab)
-    per_target = _DRAFTERS.setdefault(target, {})
-    if key not in per_target:
-        dtype = target.get_input_embeddings().weight.dtype
-        checkpoint = load_head(path, dtype=dtype)
+
+    def build() -> Any:
+        embed = target.get_input_embeddings().weight
+        checkpoint = load_head(path, dtype=embed.dtype)
         check_fits_target(checkpoint, target)
-        head = checkpoint.head.to(target.get_input_embeddings().weight.device)
         vocab = checkpoint.draft_vocab if use_draft_vocab else None
-        drafter = EagleDrafter(head, target, vocab)
+        drafter = EagleDrafter(checkpoint.head.to(embed.device), target, vocab)
         ratios = (checkpoint.meta.get("calibration") or {}).get("ratio_per_position")
         if ratios and (use_draft_vocab or checkpoint.draft_vocab is None):  # measured over this vocabulary
             drafter.calibration = [float(r) for r in ratios]
-        per_target[key] = drafter
-    return per_target[key]
+        return drafter
+
+    return _cached(target, (str(path.resolve()), use_draft_vocab), build)
 
 
-def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOptions) -> Any:
-    from .proposer import EagleProposer
+def load_eagle3_drafter(target: Any, head_path: str | os.PathLike) -> Any:
+    """An :class:`~specdecode_eagle.eagle3.Eagle3Drafter` for ``target`` (cached per target and head path)."""
+    from .eagle3 import Eagle3Drafter
+    from .eagle3_checkpoint import load_eagle3_head
 
+    path = Path(head_path).expanduser()
+
+    def build() -> Any:
+        embed = target.get_input_embeddings().weight
+        checkpoint = load_eagle3_head(path, dtype=embed.dtype)
+        return Eagle3Drafter(checkpoint.head.to(embed.device), target, f"EAGLE-3 head at {checkpoint.path}")
+
+    return _cached(target, (str(path.resolve()), "eagle3"), build)
+
+
+def _head_path(method: str, config: specdecode.SpeculativeConfig, options: HeadOptions) -> Any:
+    """The head directory given as ``method_options.head`` or ``draft_model`` (None when neither is)."""
     head = options.head
     draft = config.draft_model
     if draft is not None and not isinstance(draft, (str, os.PathLike)):
         raise ConfigError(
-            f"method 'eagle' takes a head directory as draft_model, not a loaded model (got {type(draft).__name__})",
+            f"method {method!r} takes a head directory as draft_model, not a loaded model (got "
+            f"{type(draft).__name__})",
             field="draft_model",
             value=draft,
         )
     if head is not None and draft is not None and os.fspath(head) != os.fspath(draft):
         raise ConfigError(
-            f"method 'eagle' got two heads: method_options.head={os.fspath(head)!r} and "
+            f"method {method!r} got two heads: method_options.head={os.fspath(head)!r} and "
             f"draft_model={os.fspath(draft)!r}; give one",
             field="method_options.head",
             value=head,
         )
-    drafter = load_drafter(model, head if head is not None else draft, options.use_draft_vocab)
+    return head if head is not None else draft
+
+
+def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOptions) -> Any:
+    from .proposer import EagleProposer
+
+    drafter = load_drafter(model, _head_path("eagle", config, options), options.use_draft_vocab)
+    return EagleProposer(drafter, options, trees_when_sampling=config.acceptance_method == "rejection_sampler")
+
+
+def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3Options) -> Any:
+    from .proposer import EagleProposer
+
+    path = _head_path("eagle3", config, options)
+    if path is None:
+        raise ConfigError(
+            "method 'eagle3' needs an EAGLE-3 head for this target and none ships yet: give "
+            "method_options={'head': PATH} or draft_model=PATH (a speculators-format directory, as vLLM loads, or "
+            "the EAGLE authors' EAGLE-3 format)",
+            field="method_options.head",
+            value=None,
+        )
+    drafter = load_eagle3_drafter(model, path)
     return EagleProposer(drafter, options, trees_when_sampling=config.acceptance_method == "rejection_sampler")
 
 
@@ -184,16 +198,28 @@ def specdecode_proposers():
             options_class=EagleOptions,
             description="EAGLE: a one-layer draft head over the target's hidden states (built-in head for "
             "SmolLM2-135M-Instruct).",
-        )
+        ),
+        ProposerSpec(
+            name="eagle3",
+            factory=_factory3,
+            options_class=Eagle3Options,
+            description="EAGLE-3: a one-layer draft head over three of the target's layers (speculators / vLLM "
+            "format; no built-in head yet).",
+        ),
     ]
 
 
 @specdecode.hookimpl
 def specdecode_register_commands(subparsers: Any) -> None:
-    from .train import add_arguments, run
+    from . import export, train
 
     parser = subparsers.add_parser(
         "train-eagle", help="train an EAGLE draft head for a target model on CPU (see docs/methods/eagle.md)"
     )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    train.add_arguments(parser)
+    parser.set_defaults(func=train.run)
+    parser = subparsers.add_parser(
+        "export-eagle", help="write an EAGLE-3 head in the speculators format vLLM loads (see docs/methods/eagle.md)"
+    )
+    export.add_arguments(parser)
+    parser.set_defaults(func=export.run)

@@ -11,7 +11,8 @@ Two formats are read:
   ``layers.0.post_attention_layernorm.weight`` and often a copy of ``embed_tokens.weight``, which is ignored (the
   target's embedding is used) after its shape is checked.
 
-Neither format stores the target's embedding or LM head.
+Neither format stores the target's embedding or LM head. EAGLE-3 heads (the speculators format and the EAGLE
+authors' EAGLE-3 layout) are read by :mod:`specdecode_eagle.eagle3_checkpoint`; :func:`head_format` tells them apart.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from specdecode import ConfigError
+from torch import nn
 
 from .head import EagleHead, HeadConfig
 
@@ -68,22 +71,68 @@ def save_head(
     return out
 
 
-def load_head(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> HeadCheckpoint:
-    """Load a head from a specdecode-eagle directory or an EAGLE authors' directory (detected by its files)."""
+# What head_format returns: EAGLE-1/2 heads (method "eagle") and EAGLE-3 heads (method "eagle3").
+EAGLE12_FORMATS = ("specdecode-eagle", "eagle")
+EAGLE3_FORMATS = ("speculators", "eagle3")
+
+
+def head_directory(path: str | os.PathLike) -> Path:
+    """The directory of a head given as its directory or one of its files."""
     directory = Path(path).expanduser()
     if directory.is_file() and directory.name in (HEAD_CONFIG, HEAD_WEIGHTS, "config.json"):
         directory = directory.parent
+    return directory
+
+
+def head_format(path: str | os.PathLike) -> str:
+    """Which format the head directory at ``path`` holds: "specdecode-eagle" (ours), "eagle" (the EAGLE authors'
+    EAGLE-1/2), "eagle3" (the EAGLE authors' EAGLE-3: ``midlayer.*``, ``d2t``, a ``draft_vocab_size``),
+    "speculators" (a speculators config.json: no ``model_type``, a ``speculators_model_type``), or a ConfigError."""
+    directory = head_directory(path)
     if (directory / HEAD_CONFIG).is_file():
-        return _load_own(directory, dtype)
+        return "specdecode-eagle"
     if (directory / "config.json").is_file():
-        return _load_eagle_authors(directory, dtype)
+        try:
+            raw = json.loads((directory / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{directory / 'config.json'} is not valid JSON ({exc})", field="head",
+                              value=str(directory)) from None
+        if "speculators_model_type" in raw:
+            return "speculators"
+        names = _weight_names(directory)
+        if "draft_vocab_size" in raw or any(k.startswith("midlayer.") or k in ("d2t", "t2d") for k in names):
+            return "eagle3"
+        return "eagle"
     raise ConfigError(
         f"'head' must be a directory holding an EAGLE head ({HEAD_CONFIG} + {HEAD_WEIGHTS} written by "
-        f"specdecode-eagle, or config.json + pytorch_model.bin/model.safetensors in the EAGLE authors' format) "
-        f"(got {os.fspath(path)!r})",
+        f"specdecode-eagle; config.json + pytorch_model.bin/model.safetensors in the EAGLE authors' format; or a "
+        f"speculators-format EAGLE-3 head) (got {os.fspath(path)!r})",
         field="head",
         value=os.fspath(path),
     )
+
+
+def wrong_method(directory: Path, found: str, method: str) -> ConfigError:
+    """The error for a head of the other EAGLE generation than ``method`` loads."""
+    kind = "an EAGLE-3 head" if found in EAGLE3_FORMATS else "an EAGLE-1/2 head"
+    other = "eagle" if method == "eagle3" else "eagle3"
+    return ConfigError(
+        f"{directory} holds {kind} ({found} format); method {method!r} cannot load it: use method {other!r}",
+        field="head",
+        value=str(directory),
+    )
+
+
+def load_head(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> HeadCheckpoint:
+    """Load an EAGLE-1/2 head from a specdecode-eagle directory or an EAGLE authors' directory (detected by its
+    files); an EAGLE-3 head is refused, naming method 'eagle3'."""
+    directory = head_directory(path)
+    found = head_format(directory)
+    if found == "specdecode-eagle":
+        return _load_own(directory, dtype)
+    if found == "eagle":
+        return _load_eagle_authors(directory, dtype)
+    raise wrong_method(directory, found, "eagle")
 
 
 def _load_own(directory: Path, dtype: torch.dtype) -> HeadCheckpoint:
@@ -105,15 +154,7 @@ def _load_own(directory: Path, dtype: torch.dtype) -> HeadCheckpoint:
 
 def _load_eagle_authors(directory: Path, dtype: torch.dtype) -> HeadCheckpoint:
     raw = json.loads((directory / "config.json").read_text())
-    tensors = _read_weights(directory)
-    tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
-    if any(k.startswith("midlayer.") or k in ("d2t", "t2d") for k in tensors):
-        raise ConfigError(
-            f"{directory} holds an EAGLE-3 head (keys midlayer.* / d2t); specdecode-eagle loads EAGLE-1/EAGLE-2 "
-            "heads (fc.weight + layers.0.*)",
-            field="head",
-            value=str(directory),
-        )
+    tensors = read_weights(directory)
     if "fc.weight" not in tensors:
         raise ConfigError(
             f"{directory} is not an EAGLE head: no 'fc.weight' among its weights (found: "
@@ -130,92 +171,110 @@ def _load_eagle_authors(directory: Path, dtype: torch.dtype) -> HeadCheckpoint:
                 field="head",
                 value=str(directory),
             )
-    tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
-    heads = raw["num_attention_heads"]
-    config = HeadConfig(
-        hidden_size=raw["hidden_size"],
-        vocab_size=raw["vocab_size"],
-        intermediate_size=raw["intermediate_size"],
-        num_attention_heads=heads,
-        num_key_value_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        rope_theta=float((raw.get("rope_parameters") or {}).get("rope_theta", raw.get("rope_theta", 10000.0))),
-        max_position_embeddings=raw.get("max_position_embeddings", 8192),
-        hidden_act=raw.get("hidden_act", "silu"),
-        fc_bias="fc.bias" in tensors,
-    )
+    config = attrs.evolve(HeadConfig.from_llama_dict(raw), fc_bias="fc.bias" in tensors)
     head = _build(config, tensors, directory, dtype)
     meta = {"format": "eagle", "source": str(directory), "head": config.to_dict()}
     return HeadCheckpoint(head, None, meta, directory)
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an EAGLE authors' or speculators directory, without a ``model.`` prefix or RoPE tables
+    (a .bin file is read with ``weights_only=True``: no code runs)."""
     from safetensors.torch import load_file
 
     if (directory / "model.safetensors").is_file():
-        return load_file(directory / "model.safetensors")
-    if (directory / "pytorch_model.bin").is_file():
+        tensors = load_file(directory / "model.safetensors")
+    elif (directory / "pytorch_model.bin").is_file():
         state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return dict(state.get("state_dict", state)) if isinstance(state, dict) else state
-    raise ConfigError(
-        f"{directory} has config.json but no weights: expected model.safetensors or pytorch_model.bin",
-        field="head",
-        value=str(directory),
-    )
+        tensors = dict(state.get("state_dict", state)) if isinstance(state, dict) else state
+    else:
+        raise ConfigError(
+            f"{directory} has config.json but no weights: expected model.safetensors or pytorch_model.bin",
+            field="head",
+            value=str(directory),
+        )
+    return {k.removeprefix("model."): v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+
+
+def _weight_names(directory: Path) -> list[str]:
+    if (directory / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(directory / "model.safetensors", framework="pt") as f:
+            return list(f.keys())
+    return list(read_weights(directory))
 
 
 def _build(config: HeadConfig, tensors: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> EagleHead:
-    head = EagleHead(config)
-    expected = head.state_dict()
+    described = f"hidden_size={config.hidden_size}, intermediate_size={config.intermediate_size}"
+    return load_state(EagleHead(config), tensors, f"EAGLE head at {source}", described, dtype)
+
+
+def load_state(
+    module: nn.Module, tensors: dict[str, torch.Tensor], source: str, described: str, dtype: torch.dtype | None
+) -> Any:
+    """Load ``tensors`` into ``module`` (built from its config), naming every missing, unexpected or misshapen
+    tensor and both shapes. Floating tensors are cast to ``dtype`` (None: as stored); integer and bool buffers
+    (EAGLE-3's d2t, t2d) keep their type. Returns the module in eval mode."""
+    expected = module.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:
         raise ConfigError(
-            f"EAGLE head at {source} does not match its config: missing {missing or 'nothing'}, "
+            f"{source} does not match its config: missing {missing or 'nothing'}, "
             f"unexpected {unexpected or 'nothing'}",
             field="head",
-            value=str(source),
+            value=source,
         )
     for key, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ConfigError(
-                f"EAGLE head at {source}: {key} has shape {list(tensor.shape)} but its config "
-                f"(hidden_size={config.hidden_size}, intermediate_size={config.intermediate_size}) needs "
+                f"{source}: {key} has shape {list(tensor.shape)} but its config ({described}) needs "
                 f"{list(expected[key].shape)}",
                 field="head",
-                value=str(source),
+                value=source,
             )
-    head.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
-    return head.to(dtype).eval()
+    if dtype is None:
+        dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    module.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()})
+    return module.to(dtype).eval()
 
 
 def check_fits_target(checkpoint: HeadCheckpoint, target: Any) -> None:
     """Raise a ConfigError naming both shapes when the head was made for a target of another size."""
     config = checkpoint.head.config
+    check_target_shape(target, f"EAGLE head at {checkpoint.path}", hidden_size=config.hidden_size,
+                       vocab_size=config.vocab_size, fc_weight=checkpoint.head.fc.weight,
+                       token_ids=checkpoint.draft_vocab)
+
+
+def check_target_shape(
+    target: Any, source: str, *, hidden_size: int, vocab_size: int, fc_weight: torch.Tensor, vocab_detail: str = "",
+    token_ids: torch.Tensor | None = None,
+) -> None:
+    """A head's hidden size, vocabulary and draft token ids against the target's embedding and LM head (EAGLE-1/2
+    and EAGLE-3 alike); a ConfigError names both sides."""
     embed = target.get_input_embeddings().weight
     lm_head = target.get_output_embeddings().weight
     target_shape = f"target embed_tokens {list(embed.shape)}, lm_head {list(lm_head.shape)}"
-    fc_shape = list(checkpoint.head.fc.weight.shape)
-    if config.hidden_size != embed.shape[1] or config.hidden_size != lm_head.shape[1]:
+    if hidden_size != embed.shape[1] or hidden_size != lm_head.shape[1]:
         raise ConfigError(
-            f"EAGLE head at {checkpoint.path} has hidden_size {config.hidden_size} (fc.weight {fc_shape}) but the "
-            f"target's hidden size is {embed.shape[1]} ({target_shape}); use a head trained for this target",
+            f"{source} has hidden_size {hidden_size} (fc.weight {list(fc_weight.shape)}) but the target's hidden "
+            f"size is {embed.shape[1]} ({target_shape}); use a head trained for this target",
             field="head",
-            value=str(checkpoint.path),
+            value=source,
         )
-    if config.vocab_size != lm_head.shape[0]:
+    if vocab_size != lm_head.shape[0]:
         raise ConfigError(
-            f"EAGLE head at {checkpoint.path} has vocab_size {config.vocab_size} but the target's vocabulary has "
-            f"{lm_head.shape[0]} tokens ({target_shape}); use a head trained for this target",
+            f"{source} has vocab_size {vocab_size}{vocab_detail} but the target's vocabulary has {lm_head.shape[0]} "
+            f"tokens ({target_shape}); use a head trained for this target",
             field="head",
-            value=str(checkpoint.path),
+            value=source,
         )
-    vocab = checkpoint.draft_vocab
-    if vocab is not None and vocab.numel() and (int(vocab.min()) < 0 or int(vocab.max()) >= lm_head.shape[0]):
+    if token_ids is not None and token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab_size):
         raise ConfigError(
-            f"EAGLE head at {checkpoint.path}: its draft vocabulary holds token ids up to {int(vocab.max())}, "
-            f"outside the target's vocabulary of {lm_head.shape[0]} tokens",
+            f"{source}: its draft vocabulary holds token ids {int(token_ids.min())}..{int(token_ids.max())}, outside "
+            f"the target's vocabulary of {vocab_size} tokens",
             field="head",
-            value=str(checkpoint.path),
+            value=source,
         )

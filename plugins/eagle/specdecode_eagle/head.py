@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import torch
+from specdecode.toolkit import linear
 from torch import nn
 
 
@@ -33,10 +34,16 @@ class HeadConfig:
     max_position_embeddings: int = 8192
     hidden_act: str = "silu"
     fc_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    # transformers' rope_parameters when the RoPE is not the default one (Llama 3.1's "llama3" scaling, say);
+    # None: default RoPE with rope_theta.
+    rope_parameters: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     @classmethod
     def from_target(cls, target_config: Any, *, intermediate_size: int | None = None) -> HeadConfig:
         heads = target_config.num_attention_heads
+        rope = getattr(target_config, "rope_parameters", None)
         return cls(
             hidden_size=target_config.hidden_size,
             vocab_size=target_config.vocab_size,
@@ -48,7 +55,19 @@ class HeadConfig:
             rope_theta=_rope_theta(target_config),
             max_position_embeddings=getattr(target_config, "max_position_embeddings", 8192),
             hidden_act=getattr(target_config, "hidden_act", "silu"),
+            attention_bias=bool(getattr(target_config, "attention_bias", False)),
+            mlp_bias=bool(getattr(target_config, "mlp_bias", False)),
+            rope_parameters=dict(rope) if isinstance(rope, dict) and rope.get("rope_type", "default") != "default"
+            else None,
         )
+
+    @classmethod
+    def from_llama_dict(cls, data: dict[str, Any]) -> HeadConfig:
+        """From a Llama ``config.json`` dict (an EAGLE authors' head, a speculators ``transformer_layer_config``);
+        transformers fills its defaults and reads the legacy ``rope_theta`` / ``rope_scaling`` keys."""
+        from transformers import LlamaConfig
+
+        return cls.from_target(LlamaConfig(**{k: v for k, v in data.items() if k != "model_type"}))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
@@ -72,7 +91,9 @@ class HeadConfig:
             rms_norm_eps=self.rms_norm_eps,
             max_position_embeddings=self.max_position_embeddings,
             hidden_act=self.hidden_act,
-            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias,
+            rope_parameters=self.rope_parameters or {"rope_type": "default", "rope_theta": self.rope_theta},
             tie_word_embeddings=False,
         )
         config._attn_implementation = "sdpa"
@@ -118,9 +139,7 @@ class EagleHead(nn.Module):
         replaces the causal mask (training unrolled draft steps).
         """
         x = self.fc(torch.cat([inputs_embeds, hidden_states.to(inputs_embeds.dtype)], dim=-1))
-        position_embeddings = self.rotary(x, position_ids)
-        past = cache.get_seq_length() if cache is not None else 0
-        mask = full_mask if full_mask is not None else _causal_mask(x.shape[1], past, attention_mask, x.device)
+        position_embeddings, mask = attention_inputs(self.rotary, x, position_ids, cache, attention_mask, full_mask)
         return self.layers[0](
             x,
             attention_mask=mask,
@@ -143,6 +162,16 @@ def random_head(target_config: Any, *, std: float, seed: int = 0, **overrides: A
     return head.eval()
 
 
+def attention_inputs(
+    rotary: nn.Module, x: torch.Tensor, position_ids: torch.Tensor, cache: Any, padding: torch.Tensor | None,
+    full_mask: torch.Tensor | None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """RoPE tables and the attention mask for x's n positions after the cached ones (shared by the EAGLE heads)."""
+    past = cache.get_seq_length() if cache is not None else 0
+    mask = full_mask if full_mask is not None else _causal_mask(x.shape[1], past, padding, x.device)
+    return rotary(x, position_ids), mask
+
+
 def _causal_mask(n: int, past: int, padding: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     """Boolean [B|1, 1, n, past+n] mask (True = may attend), or None for a single query with no padding."""
     if n == 1 and padding is None:
@@ -163,20 +192,36 @@ class EagleDrafter:
 
     With a draft vocabulary (a subset of token ids, as in EAGLE-3), the head only scores those tokens: the LM head's
     rows for them are gathered once here (a derived tensor, never saved), which makes a draft step much cheaper.
+
+    What :class:`~specdecode_eagle.proposer.EagleProposer` uses: ``features`` and ``tree_features`` (head passes),
+    ``fuse_target_states``, ``logits``, ``to_token_ids``, ``to_full_vocab``, ``new_cache``, ``calibration``,
+    ``hidden_state_layers`` and ``target_width`` (which target states the head reads, and their width) and ``method``
+    (for messages). EAGLE-3 heads bind the same way (:class:`~specdecode_eagle.eagle3.Eagle3Drafter`).
     """
 
+    method = "eagle"
+    hidden_state_layers: tuple[int, ...] | None = None  # EAGLE-1/2 reads the target's last layer (post-norm)
+
     def __init__(self, head: EagleHead, target: Any, draft_vocab: torch.Tensor | None = None):
+        lm_head = target.get_output_embeddings()
+        vocab = None if draft_vocab is None else draft_vocab.to(torch.long)
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        if vocab is not None:
+            weight = weight.detach().index_select(0, vocab)
+            bias = None if bias is None else bias.detach().index_select(0, vocab)
+        self._bind(head, target, target.get_input_embeddings(), vocab, weight, bias)
+
+    def _bind(
+        self, head: nn.Module, target: Any, embed_tokens: nn.Module, draft_vocab: torch.Tensor | None,
+        lm_weight: torch.Tensor, lm_bias: torch.Tensor | None,
+    ) -> None:
+        """``draft_vocab`` [V'] maps a row of ``lm_weight`` [V', H] to its target token id (None: V' = V)."""
         self.head = head.eval()
         self.target = target
-        self.embed_tokens = target.get_input_embeddings()
-        lm_head = target.get_output_embeddings()
-        self.draft_vocab = None if draft_vocab is None else draft_vocab.to(torch.long)
-        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
-        if self.draft_vocab is not None:
-            weight = weight.detach().index_select(0, self.draft_vocab)
-            bias = None if bias is None else bias.detach().index_select(0, self.draft_vocab)
-        self.lm_weight, self.lm_bias = weight, bias
-        self.vocab_size = int(lm_head.weight.shape[0])
+        self.embed_tokens = embed_tokens
+        self.draft_vocab = draft_vocab
+        self.lm_weight, self.lm_bias = lm_weight, lm_bias
+        self.vocab_size = int(target.get_output_embeddings().weight.shape[0])
         # Acceptance per unit of confidence per draft position, measured when the head was trained (or None);
         # the proposer's back-off starts from it.
         self.calibration: list[float] | None = None
@@ -186,8 +231,18 @@ class EagleDrafter:
 
         return DynamicCache(config=self.head.llama_config)
 
+    @property
+    def target_width(self) -> int:
+        """The width of the target states the head reads: H for EAGLE-1/2."""
+        return self.head.config.hidden_size
+
+    def fuse_target_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's states [B, n, .] as the head reads them at real positions: f_j itself for EAGLE-1/2."""
+        return hidden
+
     def features(self, hidden: torch.Tensor, next_tokens: torch.Tensor, start: int, cache: Any) -> torch.Tensor:
-        """Run the head on n positions starting at ``start``: hidden [B, n, H] = f_j, next_tokens [B, n] = x_{j+1}."""
+        """Run the head on n positions starting at ``start``: hidden [B, n, H] = f_j (``fuse_target_states``'s
+        output, or a feature the head predicted), next_tokens [B, n] = x_{j+1}."""
         n = next_tokens.shape[1]
         positions = torch.arange(start, start + n, device=next_tokens.device).unsqueeze(0)
         return self.head(self.embed_tokens(next_tokens), hidden, positions, cache=cache)
@@ -206,7 +261,7 @@ class EagleDrafter:
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., V'] scores over the draft vocabulary (the full vocabulary when there is none)."""
-        return nn.functional.linear(features, self.lm_weight, self.lm_bias)
+        return linear(features, self.lm_weight, self.lm_bias)  # on the loop's CPU kernel inside it
 
     def to_token_ids(self, index: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary indices -> target token ids."""

@@ -1,5 +1,9 @@
 """EagleProposer: chain drafting with an EAGLE head, fed by the hidden states of the target's verify pass.
 
+One proposer serves both generations: EAGLE-1/2 heads read the target's last-layer state f_j, EAGLE-3 heads a few
+layers' states concatenated (the drafter names them in ``hidden_state_layers``, which the core hands over, and fuses
+them in ``fuse_target_states``); everything below is the same for both.
+
 Head position j reads (f_j, x_{j+1}); its output predicts f_{j+1} and, through the target's LM head, x_{j+2}.
 Let m be the index of the last token x_m (the one the target has not read yet). Between steps the head's cache holds
 positions 0..m-1, all computed from real target features, and we keep the prediction of the last one: the draft
@@ -42,11 +46,12 @@ Every decision depends on tokens and verify results only, never on timings, so s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import attrs
 import torch
 from specdecode import ConfigError, Proposal, Proposer, ProposeRequest, StartContext, VerifyResult
-from specdecode.kernels import verify_cost
-from specdecode.sampling import sample, warp_probs
+from specdecode.toolkit import StepPlan, crop_to, draft_distribution, draw, verify_cost
 
 from .head import EagleDrafter
 
@@ -112,6 +117,9 @@ class EagleProposer(Proposer):
         from . import EagleOptions
 
         self.drafter = drafter
+        self.method = getattr(drafter, "method", "eagle")  # "eagle" or "eagle3", for messages
+        # The target states the head reads (the core concatenates them); None: the last layer's.
+        self.hidden_state_layers = getattr(drafter, "hidden_state_layers", None)
         self.options = options if options is not None else EagleOptions()
         # The core verifies trees under rejection sampling, not under typical acceptance (then: chains).
         self.trees_when_sampling = trees_when_sampling
@@ -132,7 +140,7 @@ class EagleProposer(Proposer):
         # their ratios with the head as its calibration prior).
         self.tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
         self.confidences: list[float] = []  # confidence of each draft of the current step
-        self.tree: tuple[list[int], list[int], list[int], list[float]] | None = None  # this step's tree, if any
+        self.tree: DraftTree | None = None  # this step's tree, if any
         self.idle = 0  # consecutive probes that drafted nothing
         self.skip_left = 0  # steps left in which the head is not run
         self.forced = False  # this step's d_1 was drafted only to explore
@@ -141,18 +149,21 @@ class EagleProposer(Proposer):
         self.skipped = 0  # steps that did not run the head at all
 
     def start(self, context: StartContext) -> None:
-        ids, hidden = context.input_ids, context.hidden_states  # [1, T], [1, T-1, H]
+        ids, hidden = context.input_ids, context.hidden_states  # [1, T], [1, T-1, H] (EAGLE-3: [1, T-1, k*H])
         if ids.shape[0] != 1:
             raise ConfigError(
-                f"method 'eagle' drafts for one sequence at a time (got a batch of {ids.shape[0]})",
+                f"method {self.method!r} drafts for one sequence at a time (got a batch of {ids.shape[0]})",
                 field="input_ids",
                 value=tuple(ids.shape),
             )
-        if hidden is None or hidden.shape[1] != ids.shape[1] - 1:
+        # The width too: a wrapper that loses hidden_state_layers hands over the last layer's [.., H] instead.
+        width = getattr(self.drafter, "target_width", None)
+        if hidden is None or hidden.shape[1] != ids.shape[1] - 1 or width not in (None, hidden.shape[-1]):
             got = None if hidden is None else tuple(hidden.shape)
+            layers = "the last layer" if self.hidden_state_layers is None else f"layers {self.hidden_state_layers}"
             raise ConfigError(
-                f"method 'eagle' needs the target's hidden states over the prompt, [1, {ids.shape[1] - 1}, H] "
-                f"(got {got})",
+                f"method {self.method!r} needs the target's hidden states over the prompt at {layers}, "
+                f"[1, {ids.shape[1] - 1}, {width or 'H'}] (got {got})",
                 field="hidden_states",
                 value=got,
             )
@@ -161,7 +172,7 @@ class EagleProposer(Proposer):
         self.committed = 0
         self.next_logits = self.next_feature = None
         self._reset()
-        self.pending.append((hidden, ids[:, 1:]))
+        self.pending.append((hidden, ids[:, 1:]))  # the target's states, fused at catch-up
 
     def _catch_up(self) -> None:
         """Run the queued real-feature positions (one head pass) and keep the last one's prediction."""
@@ -174,6 +185,7 @@ class EagleProposer(Proposer):
             tokens = torch.cat([t for _, t in self.pending], dim=1)
         self.pending = []
         with torch.inference_mode():
+            hidden = self.drafter.fuse_target_states(hidden)  # [1, n, H]
             features = self.drafter.features(hidden, tokens, self.committed, self.cache)  # [1, n, H]
             self.committed += tokens.shape[1]
             self.next_feature = features[:, -1:]
@@ -184,7 +196,7 @@ class EagleProposer(Proposer):
         tree = self.options.tree_width > 1 and (request.sampling.greedy or self.trees_when_sampling)
         if not self.options.adaptive:
             self._catch_up()
-            return self._draft_tree(request) if tree else self._draft_fixed(request)
+            return self._draft_tree(request) if tree else self._draft_chain(request)
         if self.skip_left > 0:
             self.skip_left -= 1
             self.skipped += 1
@@ -193,7 +205,7 @@ class EagleProposer(Proposer):
         self.probes += 1
         self.forced = False
         explore = (self.idle + 1) % self.EXPLORE_EVERY == 0
-        proposal = self._draft_tree(request, explore) if tree else self._draft_adaptive(request, explore)
+        proposal = self._draft_tree(request, explore) if tree else self._draft_chain(request, explore)
         if proposal.num_tokens == 0 or self.forced:  # a forced exploring draft does not end the back-off
             self.idle += 1
             self.skip_left = 0 if self.idle < 2 else min(2 ** (self.idle - 2), self.options.max_skip)
@@ -201,67 +213,44 @@ class EagleProposer(Proposer):
             self.idle = 0
         return proposal
 
-    def _draft_fixed(self, request: ProposeRequest) -> Proposal:
-        """Exactly ``request.num_tokens`` drafts (back-off off)."""
-        k = request.num_tokens
-        drafter, sampling = self.drafter, request.sampling
+    def _draft_chain(self, request: ProposeRequest, explore: bool = False) -> Proposal:
+        """A chain: exactly ``num_tokens`` drafts with the back-off off; otherwise as many as pay for themselves
+        (0..num_tokens; see the module docstring), at least one when ``explore``."""
+        adaptive, calibration, drafter = self.options.adaptive, self.calibration, self.drafter
+        plan = StepPlan(self.verify_cost, self.RATE_MARGIN)
+        survive = 1.0  # the chance that every draft kept so far is accepted
         tokens: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         feature, logits = self.next_feature, self.next_logits
-        with torch.inference_mode():
-            for i in range(k):
-                if sampling.greedy:
-                    q = logits.float().softmax(dim=-1)
-                    token = drafter.to_token_ids(q.argmax(dim=-1))  # [1]
-                else:
-                    q = warp_probs(logits, sampling)  # [1, V'], the exact distribution the draft is drawn from
-                    token = drafter.to_token_ids(sample(q, request.generator))
-                    probs.append(drafter.to_full_vocab(q))
-                self.confidences.append(float(q.max()))  # only to calibrate: the back-off may be turned on later
-                tokens.append(token)
-                if i + 1 < k:
-                    feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
-                    logits = drafter.logits(feature[:, -1])
-        return self._proposal(tokens, probs, request)
-
-    def _draft_adaptive(self, request: ProposeRequest, explore: bool = False) -> Proposal:
-        """As many drafts (0..num_tokens) as the cost model says pay for themselves, at least one when
-        ``explore``; see the module docstring."""
-        options, calibration = self.options, self.calibration
-        drafter, sampling = self.drafter, request.sampling
-        tokens: list[torch.Tensor] = []
-        probs: list[torch.Tensor] = []
-        feature, logits = self.next_feature, self.next_logits
-        expected, cost, survive = 1.0, 1.0, 1.0  # tokens and cost of the step planned so far; P(all kept survive)
-        with torch.inference_mode():
-            for i in range(request.num_tokens):
-                # The decision to keep draft i uses its distribution only (see the module docstring).
-                q = logits.float().softmax(dim=-1) if sampling.greedy else warp_probs(logits, sampling)  # [1, V']
-                confidence = float(q.max())
+        for i in range(request.num_tokens):
+            index, q = draw(logits, request.sampling, request.generator)  # [1], [1, V']
+            # Keeping draft i is decided from q alone, never from the drawn token (see the module docstring).
+            confidence = float(q.max())
+            if adaptive:
                 gain = survive * calibration.predict(i, confidence)
-                added = self.verify_cost.per_token + (self.verify_cost.jump if i == 0 else 0.0)
-                if gain * cost <= self.RATE_MARGIN * expected * added:
+                if not plan.pays(gain):
                     if not (explore and i == 0):
                         break
                     self.forced = True  # d_1 does not pay, but one draft now and then keeps the calibration honest
-                if sampling.greedy:
-                    token = drafter.to_token_ids(q.argmax(dim=-1))
-                else:
-                    token = drafter.to_token_ids(sample(q, request.generator))
-                    probs.append(drafter.to_full_vocab(q))
-                tokens.append(token)
-                self.confidences.append(confidence)
-                expected, cost, survive = expected + gain, cost + added, gain
-                if i + 1 == request.num_tokens:
+                plan.add(gain)
+                survive = gain
+            token = drafter.to_token_ids(index)
+            tokens.append(token)
+            if not request.sampling.greedy:
+                probs.append(drafter.to_full_vocab(q))
+            self.confidences.append(confidence)  # calibrates even with the back-off off (it may be turned on)
+            if i + 1 == request.num_tokens:
+                break
+            if adaptive:  # one more draft step pays only if the next draft, at a similar confidence, would be kept
+                if not plan.pays(survive * calibration.predict(i + 1, confidence), extra=self.options.draft_cost):
                     break
-                # One more draft step pays only if the next draft, at a similar confidence, would be kept.
-                next_gain = survive * calibration.predict(i + 1, confidence)
-                if next_gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + self.verify_cost.per_token):
-                    break
-                cost += options.draft_cost
-                feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
-                logits = drafter.logits(feature[:, -1])
-        return self._proposal(tokens, probs, request)
+                plan.charge(self.options.draft_cost)
+            feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
+            logits = drafter.logits(feature[:, -1])
+        if not tokens:
+            return Proposal.empty(1, request.input_ids.device)
+        draft_probs = torch.stack(probs, dim=1) if probs else None  # [1, k, V]
+        return Proposal(token_ids=torch.stack(tokens, dim=1).to(request.input_ids.device), draft_probs=draft_probs)
 
     def _draft_tree(self, request: ProposeRequest, explore: bool = False) -> Proposal:
         """A tree of drafts (see the module docstring), at most ``num_tokens`` deep.
@@ -274,136 +263,167 @@ class EagleProposer(Proposer):
         head pass (the chain's rule, applied to the best node); otherwise every candidate joins and the
         ``tree_nodes`` most valuable nodes are kept (EAGLE-2's re-ranking), with raw head probabilities as values.
         """
-        options, calibration, drafter = self.options, self.calibration, self.drafter
-        adaptive, width, max_nodes = options.adaptive, options.tree_width, options.tree_nodes
-        greedy = request.sampling.greedy
-        tokens: list[int] = []
-        parents: list[int] = []
-        depths: list[int] = []
-        values: list[float] = []
-        confidences: list[float] = []
+        options, drafter = self.options, self.drafter
+        adaptive, width = options.adaptive, options.tree_width
+        plan = StepPlan(self.verify_cost, self.RATE_MARGIN)
+        tree = DraftTree()
         features: dict[int, torch.Tensor] = {}  # expanded node -> its predicted feature [1, 1, H]
         slots: dict[int, int] = {}  # expanded node -> its position in the head's cache
-        expected, cost = 1.0, 1.0
         device = request.input_ids.device
-
-        def candidates(parent: int, logits: torch.Tensor, depth: int) -> list[tuple[float, float, int, int]]:
-            # Under sampling the candidates are q's most likely tokens, not draws: the core accepts each as a
-            # deterministic draft, which is lossless whatever picked them (specdecode.trees.sampled_path).
-            q = logits.float().softmax(dim=-1) if greedy else warp_probs(logits, request.sampling)
-            probs, index = q.topk(width)
-            ids = drafter.to_token_ids(index).tolist()
-            parent_value = values[parent] if parent >= 0 else 1.0
-            out = []
-            for p, token in zip(probs.tolist(), ids):
-                chance = calibration.predict(depth - 1, p) if adaptive else p
-                out.append((parent_value * chance, p, token, parent))
-            return out
-
-        with torch.inference_mode():
-            pending = candidates(-1, self.next_logits[0], 1)
-            for depth in range(1, request.num_tokens + 1):
-                pending.sort(key=lambda c: -c[0])
-                chosen: list[int] = []
-                for value, confidence, token, parent in pending:
-                    if adaptive:
-                        if len(tokens) >= max_nodes:
-                            break
-                        added = self.verify_cost.per_token + (self.verify_cost.jump if not tokens else 0.0)
-                        if value * cost <= self.RATE_MARGIN * expected * added:
-                            if not (explore and not tokens):
-                                break
-                            self.forced = True  # one draft now and then keeps the calibration honest
-                        expected, cost = expected + value, cost + added
-                    chosen.append(len(tokens))
-                    tokens.append(token)
-                    parents.append(parent)
-                    depths.append(depth)
-                    values.append(value)
-                    confidences.append(confidence)
-                if not chosen or depth == request.num_tokens:
-                    break
-                expand = chosen[:width]
+        pending = self._candidates(tree, -1, self.next_logits[0], 1, request)
+        for depth in range(1, request.num_tokens + 1):
+            chosen: list[int] = []
+            for candidate in sorted(pending, key=lambda c: -c.value):
                 if adaptive:
-                    best = expand[0]
-                    gain = values[best] * calibration.predict(depth, confidences[best])
-                    if gain * cost <= self.RATE_MARGIN * expected * (options.draft_cost + self.verify_cost.per_token):
+                    if len(tree) >= options.tree_nodes:
                         break
-                    cost += options.draft_cost
-                past = self.cache.get_seq_length()
-                sees = torch.zeros(len(expand), past, dtype=torch.bool, device=device)
-                sees[:, : self.committed] = True
-                for row, node in enumerate(expand):
-                    ancestor = parents[node]
-                    while ancestor >= 0:
-                        sees[row, slots[ancestor]] = True
-                        ancestor = parents[ancestor]
-                hidden = torch.cat([features[parents[n]] if parents[n] >= 0 else self.next_feature for n in expand], 1)
-                ids = torch.tensor([[tokens[n] for n in expand]], device=device)
-                out = drafter.tree_features(hidden, ids, self.committed + depth - 1, self.cache, sees)
-                logits = drafter.logits(out[0])  # [n, V']
-                pending = []
-                for row, node in enumerate(expand):
-                    slots[node] = past + row
-                    features[node] = out[:, row : row + 1]
-                    pending += candidates(node, logits[row], depth + 1)
-        if not adaptive and len(tokens) > max_nodes:  # keep the most valuable nodes; parents outrank children
-            keep = sorted(sorted(range(len(tokens)), key=lambda i: (-values[i], depths[i]))[:max_nodes])
-            renumber = {old: new for new, old in enumerate(keep)}
-            tokens, confidences, depths = ([seq[i] for i in keep] for seq in (tokens, confidences, depths))
-            parents = [renumber.get(parents[i], -1) for i in keep]
-        if not tokens:
+                    if not plan.pays(candidate.value):
+                        if not (explore and not len(tree)):
+                            break
+                        self.forced = True  # one draft now and then keeps the calibration honest
+                    plan.add(candidate.value)
+                chosen.append(tree.add(candidate, depth))
+            if not chosen or depth == request.num_tokens:
+                break
+            expand = chosen[:width]
+            if adaptive:
+                best = expand[0]
+                gain = tree.values[best] * self.calibration.predict(depth, tree.confidences[best])
+                if not plan.pays(gain, extra=options.draft_cost):
+                    break
+                plan.charge(options.draft_cost)
+            past = self.cache.get_seq_length()
+            sees = torch.zeros(len(expand), past, dtype=torch.bool, device=device)
+            sees[:, : self.committed] = True
+            for row, node in enumerate(expand):
+                sees[row, [slots[a] for a in tree.ancestors(node)]] = True
+            hidden = torch.cat([features[tree.parents[n]] if tree.parents[n] >= 0 else self.next_feature
+                                for n in expand], 1)
+            ids = torch.tensor([[tree.tokens[n] for n in expand]], device=device)
+            out = drafter.tree_features(hidden, ids, self.committed + depth - 1, self.cache, sees)
+            logits = drafter.logits(out[0])  # [n, V']
+            pending = []
+            for row, node in enumerate(expand):
+                slots[node] = past + row
+                features[node] = out[:, row : row + 1]
+                pending += self._candidates(tree, node, logits[row], depth + 1, request)
+        if not adaptive:
+            tree = tree.best(options.tree_nodes)  # EAGLE-2's re-ranking
+        if not len(tree):
             return Proposal.empty(1, device)
-        self.tree = (tokens, parents, depths, confidences)
-        return Proposal(token_ids=torch.tensor([tokens], device=device), parents=tuple(parents))
+        self.tree = tree
+        return Proposal(token_ids=torch.tensor([tree.tokens], device=device), parents=tuple(tree.parents))
 
-    def _observe_tree(self, result: VerifyResult) -> None:
-        """Calibrate from a tree step: every node whose parent the target accepted was reached; the accepted path
-        holds one of them per depth."""
-        tokens, parents, depths, confidences = self.tree
-        self.tree = None
-        n = result.num_accepted_list[0]
-        reached_depth = int(result.num_drafted[0])  # the loop may have cut the tree near max_new_tokens
-        accepted = result.input_ids[0, -(n + 1) : -1].tolist() if n else []
-        path = {-1}
-        node = -1
-        for token in accepted:
-            node = next(i for i, p in enumerate(parents) if p == node and tokens[i] == token)
-            path.add(node)
-        for i, parent in enumerate(parents):
-            if parent in path and depths[i] <= reached_depth:
-                on_path = i in path
-                self.calibration.observe(depths[i] - 1, confidences[i], on_path)
-                tally = self.tally[min(depths[i] - 1, Calibration.POSITIONS - 1)]
-                tally[0] += 1.0 if on_path else 0.0
-                tally[1] += confidences[i]
-                tally[2] += 1
+    def _candidates(
+        self, tree: DraftTree, parent: int, logits: torch.Tensor, depth: int, request: ProposeRequest
+    ) -> list[Candidate]:
+        """The ``tree_width`` most likely continuations of ``parent`` from its draft scores ``logits`` [V'].
 
-    def _proposal(self, tokens: list[torch.Tensor], probs: list[torch.Tensor], request: ProposeRequest) -> Proposal:
-        if not tokens:
-            return Proposal.empty(1, request.input_ids.device)
-        token_ids = torch.stack(tokens, dim=1).to(request.input_ids.device)  # [1, k]
-        draft_probs = torch.stack(probs, dim=1) if probs else None  # [1, k, V]
-        return Proposal(token_ids=token_ids, draft_probs=draft_probs)
+        Under sampling they are q's most likely tokens, not draws: the core accepts each as a deterministic draft,
+        which is lossless whatever picked them (specdecode.trees.sampled_path)."""
+        probs, index = draft_distribution(logits, request.sampling).topk(self.options.tree_width)
+        parent_value = tree.values[parent] if parent >= 0 else 1.0
+        adaptive = self.options.adaptive
+        return [
+            Candidate(parent_value * (self.calibration.predict(depth - 1, p) if adaptive else p), p, token, parent)
+            for p, token in zip(probs.tolist(), self.drafter.to_token_ids(index).tolist())
+        ]
+
+    def _observe(self, index: int, confidence: float, accepted: bool) -> None:
+        """One draft at position ``index`` (0-based) was reached: calibrate, and count it for train-eagle."""
+        self.calibration.observe(index, confidence, accepted)
+        tally = self.tally[min(index, Calibration.POSITIONS - 1)]
+        tally[0] += 1.0 if accepted else 0.0
+        tally[1] += confidence
+        tally[2] += 1
 
     def on_verified(self, result: VerifyResult) -> None:
         n = result.num_accepted_list[0]
+        reached = int(result.num_drafted[0])  # the loop may have cut the proposal near max_new_tokens
         if self.tree is not None:
-            self._observe_tree(result)
-        reached = min(n + 1, int(result.num_drafted[0]))  # drafts 0..n, of those the loop kept (it may cut some)
-        for i, confidence in enumerate(self.confidences[:reached]):
-            self.calibration.observe(i, confidence, i < n)
-            tally = self.tally[min(i, Calibration.POSITIONS - 1)]
-            tally[0] += 1.0 if i < n else 0.0
-            tally[1] += confidence
-            tally[2] += 1
+            # Every node whose parent the target accepted was reached; the accepted path holds one per depth.
+            path = self.tree.path_of(result.input_ids[0, -(n + 1) : -1].tolist() if n else [])
+            for i, parent in enumerate(self.tree.parents):
+                if (parent < 0 or parent in path) and self.tree.depths[i] <= reached:
+                    self._observe(self.tree.depths[i] - 1, self.tree.confidences[i], i in path)
+            self.tree = None
+        for i, confidence in enumerate(self.confidences[: min(n + 1, reached)]):  # drafts 0..n were reached
+            self._observe(i, confidence, i < n)
         self.confidences = []
-        speculative = self.cache.get_seq_length() - self.committed
-        if speculative > 0:  # crop(-n) removes n positions; crop(0) would mean something else
-            self.cache.crop(-speculative)
+        crop_to(self.cache, self.committed)  # the speculative positions of the drafts
         self.pending.append((result.hidden_states[:, : n + 1], result.input_ids[:, -(n + 1) :]))
+
+    def torch_modules(self) -> list[torch.nn.Module]:
+        head = getattr(self.drafter, "head", None)  # a drafter that is not a torch head (a test's stand-in): none
+        return [head] if isinstance(head, torch.nn.Module) else []
 
     def finish(self) -> None:
         self.cache = None
         self.next_feature = self.next_logits = None
         self.pending = []
+
+
+class Candidate(NamedTuple):
+    """A possible tree node: ``value`` = the estimated chance that the target accepts the path to it,
+    ``confidence`` = the head's probability of ``token`` after ``parent`` (-1: the last token)."""
+
+    value: float
+    confidence: float
+    token: int
+    parent: int
+
+
+@attrs.define
+class DraftTree:
+    """A tree of drafts as it grows, in the core's layout: node i's token and its parent's index (-1: a child of the
+    last token; parents come first), with its depth, value and confidence (:class:`Candidate`)."""
+
+    tokens: list[int] = attrs.field(factory=list)
+    parents: list[int] = attrs.field(factory=list)
+    depths: list[int] = attrs.field(factory=list)
+    values: list[float] = attrs.field(factory=list)
+    confidences: list[float] = attrs.field(factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, candidate: Candidate, depth: int) -> int:
+        """Append a node; returns its index."""
+        self.tokens.append(candidate.token)
+        self.parents.append(candidate.parent)
+        self.depths.append(depth)
+        self.values.append(candidate.value)
+        self.confidences.append(candidate.confidence)
+        return len(self.tokens) - 1
+
+    def ancestors(self, node: int) -> list[int]:
+        """The nodes above ``node``, nearest first."""
+        out = []
+        parent = self.parents[node]
+        while parent >= 0:
+            out.append(parent)
+            parent = self.parents[parent]
+        return out
+
+    def best(self, count: int) -> DraftTree:
+        """The ``count`` most valuable nodes (a parent outranks its children at equal value), renumbered."""
+        if len(self) <= count:
+            return self
+        keep = sorted(sorted(range(len(self)), key=lambda i: (-self.values[i], self.depths[i]))[:count])
+        renumber = {old: new for new, old in enumerate(keep)}
+        return DraftTree(
+            tokens=[self.tokens[i] for i in keep],
+            parents=[renumber.get(self.parents[i], -1) for i in keep],
+            depths=[self.depths[i] for i in keep],
+            values=[self.values[i] for i in keep],
+            confidences=[self.confidences[i] for i in keep],
+        )
+
+    def path_of(self, accepted: Sequence[int]) -> set[int]:
+        """The nodes the target accepted, from its accepted tokens (one node per depth, from the root down)."""
+        path: set[int] = set()
+        node = -1
+        for token in accepted:
+            node = next(i for i, p in enumerate(self.parents) if p == node and self.tokens[i] == token)
+            path.add(node)
+        return path

@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad numbers before the model loads and collection starts (minutes of work), naming the flag."""
-    from specdecode.errors import invalid
+    from specdecode.toolkit import invalid
 
     at_least = {"max_new_tokens": 1, "max_prompt_tokens": 16, "collect_batch_size": 1, "batch_tokens": 1,
                 "unroll": 1, "max_epochs": 1, "num_prompts": 0, "draft_vocab_size": 0, "validate_prompts": 0}
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    from specdecode.models import load_model
+    from specdecode.toolkit import load_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -538,7 +538,7 @@ def log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m specdecode_eagle.train", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    from specdecode.errors import SpecDecodeError
+    from specdecode import SpecDecodeError
 
     try:
         return run(parser.parse_args(argv))

@@ -42,6 +42,9 @@ class OracleDrafter:
     def new_cache(self):
         return _Cache()
 
+    def fuse_target_states(self, hidden):
+        return hidden
+
     def features(self, hidden, next_tokens, start, cache):
         n = next_tokens.shape[1]
         if cache is not None:

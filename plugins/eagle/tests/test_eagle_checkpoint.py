@@ -36,11 +36,10 @@ def _features(head, target):
         return head(target.get_input_embeddings()(tokens), hidden, torch.arange(6).unsqueeze(0))
 
 
-def _eagle_authors_checkpoint(directory, head, target, *, bin_file=False, extra=None):
-    """Write ``head`` the way SafeAILab/EAGLE publishes heads: a Llama config.json and weights with their names,
-    including the copy of the embedding that vLLM skips."""
-    c = head.config
-    config = {
+def eagle_authors_config(c, **fields):
+    """The Llama config.json the EAGLE authors publish with a head of layer shape ``c`` (a HeadConfig), plus
+    ``fields`` (EAGLE-3 adds draft_vocab_size)."""
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": c.hidden_size,
@@ -54,9 +53,15 @@ def _eagle_authors_checkpoint(directory, head, target, *, bin_file=False, extra=
         "vocab_size": c.vocab_size,
         "hidden_act": "silu",
         "torch_dtype": "float16",
+        **fields,
     }
+
+
+def _eagle_authors_checkpoint(directory, head, target, *, bin_file=False, extra=None):
+    """Write ``head`` the way SafeAILab/EAGLE publishes heads: a Llama config.json and weights with their names,
+    including the copy of the embedding that vLLM skips."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "config.json").write_text(json.dumps(eagle_authors_config(head.config)))
     weights = {k: v.clone() for k, v in head.state_dict().items()}
     weights["embed_tokens.weight"] = target.get_input_embeddings().weight.detach().clone()
     weights.update(extra or {})

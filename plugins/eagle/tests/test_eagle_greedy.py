@@ -26,22 +26,30 @@ def test_greedy_matches_plain_generate(vocab, k, draft_vocab, adaptive, tree_wid
     model = tiny_llama(vocab_size=vocab, hidden_size=32, num_layers=2, seed=3)
     head = _random_head(model)
     vocab_ids = None if draft_vocab is None else torch.tensor(draft_vocab)
-    accepted = 0
-    for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, vocab, (1, 1 + 5 * seed), generator=g)  # a one-token prompt included
-        expected = model.generate(ids, max_new_tokens=20, do_sample=False)
-        options = EagleOptions(adaptive=adaptive, tree_width=tree_width, tree_nodes=6)
-        proposer = EagleProposer(EagleDrafter(head, model, vocab_ids), options)
-        out = specdecode.generate(
-            model, ids, {"method": "eagle", "num_speculative_tokens": k}, max_new_tokens=20, proposer=proposer
-        )
-        assert torch.equal(out.sequences, expected), f"prompt seed {seed}"
-        if not adaptive:  # the back-off may rightly draft nothing with a random head
-            assert out.stats.drafted > 0
-        accepted += out.stats.accepted
+    options = EagleOptions(adaptive=adaptive, tree_width=tree_width, tree_nodes=6)
+    accepted = assert_greedy_matches(model, lambda: EagleProposer(EagleDrafter(head, model, vocab_ids), options),
+                                     "eagle", k, prompts=3)
     if vocab == 12 and not adaptive:
         assert accepted > 0  # a small vocabulary makes some drafts right, so the rollback path runs too
+
+
+def assert_greedy_matches(model, make_proposer, method, k, prompts):
+    """Speculative greedy output with ``make_proposer()`` equals plain greedy generate on ``prompts`` random prompts
+    (a one-token prompt first); a fixed-k proposer drafts. Returns the drafts accepted (also used for EAGLE-3)."""
+    vocab, accepted = model.config.vocab_size, 0
+    for seed in range(prompts):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab, (1, 1 + 5 * seed), generator=g)
+        expected = model.generate(ids, max_new_tokens=20, do_sample=False)
+        proposer = make_proposer()
+        out = specdecode.generate(
+            model, ids, {"method": method, "num_speculative_tokens": k}, max_new_tokens=20, proposer=proposer
+        )
+        assert torch.equal(out.sequences, expected), f"prompt seed {seed}"
+        if not proposer.options.adaptive:  # the back-off may rightly draft nothing with a random head
+            assert out.stats.drafted > 0
+        accepted += out.stats.accepted
+    return accepted
 
 
 class RecordingProposer(EagleProposer):
@@ -76,10 +84,18 @@ def test_incremental_head_state_matches_a_full_recompute(adaptive, tree_width):
         assert proposer.skipped > 0 and any(n > 2 for _, _, n in proposer.records[1:])  # multi-step catch-ups ran
     else:
         assert out.stats.accepted > 0 and out.stats.accepted < out.stats.drafted  # both paths were taken
-    seq = out.sequences
+    assert_state_matches_recompute(model, drafter, proposer, out.sequences)
+
+
+def assert_state_matches_recompute(model, drafter, proposer, seq):
+    """Every recorded catch-up's draft logits equal one fresh head pass over the target states of ``seq`` at the
+    layers the proposer asked the core for (the last one for EAGLE-1/2)."""
+    layers = proposer.hidden_state_layers
     with torch.inference_mode():
-        hidden = model(input_ids=seq, output_hidden_states=True).hidden_states[-1]  # [1, N, H]
-        features = drafter.features(hidden[:, :-1], seq[:, 1:], 0, None)  # position j reads (f_j, x_{j+1})
+        states = model(input_ids=seq, output_hidden_states=True).hidden_states
+        hidden = states[-1] if layers is None else torch.cat([states[i] for i in layers], dim=-1)  # [1, N, .]
+        fused = drafter.fuse_target_states(hidden[:, :-1])
+        features = drafter.features(fused, seq[:, 1:], 0, None)  # position j reads (f_j, x_{j+1})
         full = drafter.logits(features)[0]  # [N-1, V]
     assert len(proposer.records) > 3
     for committed, logits, _ in proposer.records:

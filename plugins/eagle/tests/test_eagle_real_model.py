@@ -9,7 +9,7 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from specdecode.models import load_model
+    from specdecode import load_model
 
     return load_model("smollm2-135m")
 

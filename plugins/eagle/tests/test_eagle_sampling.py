@@ -7,8 +7,8 @@ import pytest
 import specdecode
 import torch
 from specdecode import Proposal, SamplingParams
-from specdecode.sampling import warp_probs
 from specdecode.testing import tiny_llama
+from specdecode.toolkit import warp_probs
 from specdecode_eagle import EagleOptions
 from specdecode_eagle.head import EagleDrafter, random_head
 from specdecode_eagle.proposer import EagleProposer
@@ -93,9 +93,14 @@ def test_sampled_output_follows_the_target_distribution(options):
     """Chains hand q to rejection sampling; trees offer q's most likely tokens, which the core accepts as
     deterministic drafts (specdecode.trees.sampled_path)."""
     target, drafter = _setup()
-    prompt = torch.tensor([[1, 4, 2]])
+    assert_follows_target(target, torch.tensor([[1, 4, 2]]), lambda: EagleProposer(drafter, EagleOptions(**options)))
+
+
+def assert_follows_target(target, prompt, make_proposer):
+    """DRAWS seeded generations with ``make_proposer()`` follow the exact distribution within plain sampling's
+    noise, and a wrong distribution does not (also used by the EAGLE-3 tests)."""
     exact = _exact_joint(target, prompt, PARAMS)
-    spec, drafted, accepted, _ = _sampled(target, prompt, lambda: EagleProposer(drafter, EagleOptions(**options)))
+    spec, drafted, accepted, _ = _sampled(target, prompt, make_proposer)
     assert 0 < accepted < drafted  # both acceptance and rejection were exercised
     bound = _noise_bound(exact)
     for i, (s, e) in enumerate(zip(spec, _statistics(exact))):
@@ -125,6 +130,9 @@ class BranchingDrafter:
     def new_cache(self):
         return _Cache()
 
+    def fuse_target_states(self, hidden):
+        return hidden
+
     def features(self, hidden, next_tokens, start, cache):
         if cache is not None:
             cache.length += next_tokens.shape[1]
@@ -150,8 +158,8 @@ class BranchingDrafter:
 class LossyProposer(EagleProposer):
     """A wrong back-off, for the control: keeps d_1 only when the token actually drawn is even."""
 
-    def _draft_adaptive(self, request, explore=False):
-        proposal = super()._draft_adaptive(request, explore)
+    def _draft_chain(self, request, explore=False):
+        proposal = super()._draft_chain(request, explore)
         if proposal.num_tokens and int(proposal.token_ids[0, 0]) % 2 == 1:
             self.confidences = []
             return Proposal.empty(1)

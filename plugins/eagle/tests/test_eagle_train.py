@@ -115,14 +115,14 @@ def test_unrolled_steps_match_chained_drafting():
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
-    import specdecode.models
-    from specdecode.errors import ConfigError
+    import specdecode.toolkit
+    from specdecode import ConfigError
     from specdecode_eagle.train import run
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("the model must not load for bad arguments")
 
-    monkeypatch.setattr(specdecode.models, "load_model", no_model)
+    monkeypatch.setattr(specdecode.toolkit, "load_model", no_model)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     with pytest.raises(ConfigError) as error:
