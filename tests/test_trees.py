@@ -11,8 +11,13 @@ from specdecode.testing.reference import plain_greedy
 
 
 def test_attention_mask_lets_each_node_see_its_ancestors_only():
+    from specdecode.attention import FULL, AttentionLayout
+
     parents = (-1, -1, 0, 2, 1)  # two branches from the last token: 0 -> 2 -> 3 and 1 -> 4
-    mask = trees.attention_mask(parents, past=3, dtype=torch.float32, device="cpu")
+    layout = AttentionLayout(kinds=(FULL,), window=None, per_kind_masks=False, tree_refusal=None)
+    positions = trees.position_ids(trees.depths(parents), 3, "cpu")
+    keys = torch.ones(1, 3, dtype=torch.bool), torch.arange(3).view(1, 3)
+    mask = layout.masks(*keys, positions, trees.visibility(parents), torch.float32)
     assert mask.shape == (1, 1, 6, 9)
     allowed = (mask[0, 0] == 0).int()
     assert allowed[:, :3].all()  # the cache

@@ -85,6 +85,16 @@ class CacheSlots:
         positions = start + torch.arange(width, device=device).unsqueeze(0)  # [R, W]
         return attention_mask, positions
 
+    def keys(self, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real [R, L] bool: slots holding real tokens, positions [R, L]: their positions) of the cached slots,
+        for masks built from positions (:mod:`specdecode.attention`)."""
+        if self.mask is None:
+            rows = len(self.real_counts)
+            real = torch.ones(rows, self.length, dtype=torch.bool, device=device)
+            positions = torch.arange(self.length, device=device).expand(rows, -1)
+            return real, positions
+        return self.mask, (self.mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
     def prefill_positions(self) -> torch.Tensor | None:
         """Position ids [R, L] of a left-padded prompt (padding gets position 0; it is masked anyway)."""
         if self.mask is None:

@@ -21,14 +21,45 @@ __all__ = ["TokenCache", "cache_kwarg_name", "crop_to", "keep_past", "new_cache"
 def new_cache(model: Any) -> Any:
     """An empty ``DynamicCache`` for ``model`` whose attention layers all keep every position."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    from transformers.cache_utils import (
+        DynamicLayer,
+        DynamicSlidingWindowLayer,
+        LinearAttentionAndFullAttentionLayer,
+        LinearAttentionAndSlidingWindowAttentionLayer,
+    )
 
     cache = DynamicCache(config=model.config)
     layers = getattr(cache, "layers", None) or []
     for i, layer in enumerate(layers):
         if type(layer) is DynamicSlidingWindowLayer:
             layers[i] = DynamicLayer()
+        elif type(layer) is LinearAttentionAndSlidingWindowAttentionLayer:
+            layers[i] = LinearAttentionAndFullAttentionLayer(number_of_states=layer.number_of_states)
     return cache
+
+
+def has_state_layers(cache: Any) -> bool:
+    """Whether some layer keeps a state along the sequence (convolution, SSM, linear attention) besides keys."""
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in getattr(cache, "layers", ()))
+
+
+def check_rollback(cache: Any, model: Any) -> None:
+    """After the prefill: refuse a model whose cache cannot be cropped back (a recurrent state: a rejected draft
+    would stay in it), before any token is produced."""
+    from .errors import ConfigError
+
+    if getattr(cache, "is_croppable", True):
+        return
+    raise ConfigError(
+        f"speculative decoding cannot run on {type(model).__name__}: its recurrent (SSM / linear-attention) layers "
+        "keep a state that rejected drafts would change and that transformers' cache cannot roll back (in "
+        "transformers 5.24 a multi-token pass over Mamba-style layers does not even continue from the cached "
+        "state). Use plain model.generate for this model",
+        field="model",
+        value=type(model).__name__,
+    )
 
 
 def keep_past(cache: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import torch
 
+from .attention import AttentionLayout
 from .batching import check_left_padded
 from .cache import cache_kwarg_name  # noqa: F401  (public: specdecode.cache_kwarg_name)
 from .config import SpeculativeConfig
@@ -138,7 +139,8 @@ def generate(
 
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     lengths = check_left_padded(mask)
-    if not type(proposer).supports_batch:
+    if not type(proposer).supports_batch or AttentionLayout.of(model).stateful:
+        # Convolution / recurrent states run along one sequence: a batch's holes would enter them.
         return _generate_one_by_one(new_loop, proposer, input_ids, lengths, max_new, pad)
     trim = input_ids.shape[1] - max(lengths)  # columns that are padding in every row
     loop = new_loop(max_new)

@@ -30,9 +30,10 @@ from typing import Any
 import attrs
 import torch
 
-from . import sampling, trees
+from . import attention, sampling, trees
+from .attention import AttentionLayout
 from .batching import CacheSlots, RightAlignedTokens
-from .cache import cache_kwarg_name, crop_to, keep_past, new_cache
+from .cache import cache_kwarg_name, check_rollback, crop_to, keep_past, new_cache
 from .config import SpeculativeConfig
 from .errors import ConfigError
 from .kernels import few_rows_linear
@@ -150,6 +151,8 @@ class Decoder:
         self.schedule = make_schedule(config.speculation_schedule, config.num_speculative_tokens)
         self.cache_kwarg = cache_kwarg_name(model)
         self.hidden_layers = getattr(proposer, "hidden_state_layers", None)
+        self.layout = AttentionLayout.of(model)
+        self.dtype = model.get_input_embeddings().weight.dtype
 
     def run(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, lengths: list[int]) -> list[list[int]]:
         """Generate for ``prompt`` [B, P] (left-padded by ``prompt_mask`` when B > 1; ``lengths`` real tokens per
@@ -191,6 +194,7 @@ class Decoder:
         if self.streamer is not None:
             self.streamer.put(prompt.cpu())
         logits, hidden = self.forward(prompt, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
+        check_rollback(cache, self.model)
         keep_past(cache)
         last = self.pick(logits[:, -1])  # [B]
         generated = [[t] for t in last.tolist()]
@@ -212,6 +216,7 @@ class Decoder:
                     generator=self.generator,
                     hidden_states=hidden,
                     tokenizer=self.tokenizer,
+                    trees=self.tree_refusal(batch) is None,
                 )
             )
         state.finished = [b for b in range(batch) if self._finished(b, generated[b], 0)]
@@ -319,6 +324,9 @@ class Decoder:
         k = draft.shape[1]
         verify_ids = torch.cat([state.last.unsqueeze(1), draft], dim=1)  # [R, k+1]
         attention_mask, position_ids = state.slots.forward_inputs(k + 1)
+        if attention_mask is not None and self.layout.sliding:  # holes must not count against the window
+            keys = state.slots.keys(draft.device)
+            attention_mask = self.layout.masks(*keys, position_ids, attention.causal(k + 1, draft.device), self.dtype)
         logits, hidden = self.forward(verify_ids, state.cache, state.want_hidden, 0, attention_mask, position_ids)
         num_accepted, next_tokens = self.accept(logits, draft, lengths, q)  # [R], [R]
         # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
@@ -342,19 +350,11 @@ class Decoder:
         the target accepts (:mod:`specdecode.trees`). ``hidden`` holds [last, path] only, so proposers see a chain
         of accepted tokens either way, and ``drafted`` is the tree's depth."""
         last, slots = state.last, state.slots
-        typical = not self.params.greedy and self.config.acceptance_method == "typical_acceptance_sampler"
-        if last.shape[0] != 1 or typical:
-            what = f"a batch of {last.shape[0]}" if last.shape[0] != 1 else "typical acceptance"
+        refusal = self.tree_refusal(last.shape[0])
+        if refusal is not None:
             raise ConfigError(
-                "tree proposals are verified for one sequence, greedy or with rejection sampling; this generation "
-                f"uses {what}. A proposer should draft a chain here (leave Proposal.parents None)",
-                field="Proposal.parents",
-                value=proposal.parents,
-            )
-        if uses_sliding_window(self.model):
-            raise ConfigError(
-                "tree proposals are not verified on models with sliding-window attention yet; a proposer should "
-                "draft a chain here (leave Proposal.parents None)",
+                f"tree proposals cannot be verified here: {refusal}. A proposer should draft a chain when "
+                "StartContext.trees is False (leave Proposal.parents None)",
                 field="Proposal.parents",
                 value=proposal.parents,
             )
@@ -363,10 +363,9 @@ class Decoder:
         k, device = len(draft), last.device
         past = slots.length
         verify_ids = torch.cat([last, torch.tensor(draft, dtype=torch.long, device=device)]).unsqueeze(0)
-        dtype = self.model.get_input_embeddings().weight.dtype
-        mask = trees.attention_mask(parents, past, dtype, device)
         node_depths = trees.depths(parents)
         positions = trees.position_ids(node_depths, slots.real_counts[0], device)
+        mask = self.layout.masks(*slots.keys(device), positions, trees.visibility(parents, device), self.dtype)
         logits, hidden = self.forward(verify_ids, state.cache, state.want_hidden, 0, mask, positions)
         if self.params.greedy:
             path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
@@ -384,6 +383,14 @@ class Decoder:
         return dict(width=k, drafted=[max(node_depths)], tokens=[tokens], num_accepted=num_accepted,
                     next_tokens=torch.tensor([next_token], device=device),
                     new_ids=torch.tensor([tokens], dtype=torch.long, device=device), hidden=hidden)
+
+    def tree_refusal(self, rows: int) -> str | None:
+        """Why this generation cannot verify tree proposals (None: it can)."""
+        if rows != 1:
+            return f"a batch of {rows} sequences runs (trees are verified for one)"
+        if not self.params.greedy and self.config.acceptance_method == "typical_acceptance_sampler":
+            return "typical acceptance is on (trees are verified greedily or by rejection sampling)"
+        return self.layout.tree_refusal
 
     def forward(self, ids, cache, want_hidden, logits_to_keep=0, attention_mask=None, position_ids=None):
         """One target forward pass over ``ids`` [R, n] appended to ``cache`` -> (logits, hidden states or None)."""
@@ -518,11 +525,3 @@ def select_hidden_states(hidden_states: Sequence[torch.Tensor], layers: Sequence
         return hidden_states[-1]
     return torch.cat([hidden_states[i] for i in layers], dim=-1)
 
-
-def uses_sliding_window(model: Any) -> bool:
-    """Whether some attention layer of ``model`` sees only a window of recent positions."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return "sliding_attention" in layer_types
-    return getattr(config, "sliding_window", None) is not None

@@ -56,6 +56,10 @@ class StartContext:
     # ``needs_hidden_states``. Position t is the state after reading input_ids[:, t].
     hidden_states: torch.Tensor | None = None
     tokenizer: Any = None  # the target's tokenizer when the caller gave one (cross-tokenizer drafting needs it)
+    # Whether tree proposals (Proposal.parents) are verified in this generation: batch size 1, greedy or rejection
+    # sampling, and a model whose attention can place the branches (not ALiBi, no recurrent/convolution layers).
+    # A proposer that drafts trees should draft chains when this is False.
+    trees: bool = True
 
 
 @attrs.frozen(kw_only=True)

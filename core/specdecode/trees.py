@@ -5,7 +5,8 @@ drafts, or -1 when node i continues the last token directly. Parents come before
 ``parents[i] < i``. A chain d_1..d_k is the tree ``parents = (-1, 0, 1, ..., k-2)``.
 
 The target reads [last token, d_1..d_k] at once: node i sits at position ``past + depth(i)`` and attends to the
-cache, the last token, its ancestors and itself (:func:`attention_mask`). Under greedy decoding the accepted path
+cache, the last token, its ancestors and itself (:func:`visibility`; the masks are built by
+:mod:`specdecode.attention`, which also applies sliding windows in positions). Under greedy decoding the accepted path
 starts at the last token and steps to the child that equals the target's argmax there, as long as one does
 (:func:`greedy_path`); the target's argmax after the path's end is the next token. Exactly the tokens plain greedy
 decoding would give, so trees are lossless like chains. Under sampling, :func:`sampled_path` accepts children by
@@ -73,22 +74,18 @@ def limit_depth(
     return tokens, tuple(kept)
 
 
-def attention_mask(parents: Sequence[int], past: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
-    """Additive mask ``[1, 1, k+1, P+k+1]`` for reading [last token, d_1..d_k] after P cached positions: 0 where a
-    position may attend (the cache, the last token, its ancestors, itself), the dtype's minimum elsewhere."""
+def visibility(parents: Sequence[int], device: Any = None) -> torch.Tensor:
+    """``[k+1, k+1]`` bool: which of [last token, d_1..d_k] each of them may attend to (the last token, its
+    ancestors, itself); the cache before them is visible to all (see :mod:`specdecode.attention`)."""
     k = len(parents)
     allowed = torch.zeros(k + 1, k + 1, dtype=torch.bool)
     allowed[:, 0] = True  # everyone sees the last token
-    allowed[0, 0] = True
     for i, p in enumerate(parents):
         row = i + 1
         if p != ROOT:
             allowed[row] = allowed[p + 1]  # the parent's ancestors (its row is complete: parents come first)
         allowed[row, row] = True
-    block = torch.zeros(k + 1, k + 1, dtype=dtype)
-    block.masked_fill_(~allowed, torch.finfo(dtype).min)
-    mask = torch.cat([torch.zeros(k + 1, past, dtype=dtype), block], dim=1)
-    return mask.view(1, 1, k + 1, past + k + 1).to(device)
+    return allowed.to(device)
 
 
 def position_ids(node_depths: Sequence[int], past: int, device: Any) -> torch.Tensor:

@@ -56,8 +56,26 @@ def truncated_view(model: Any, num_layers: int) -> Any:
 
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds (sliding / full)
-        config.layer_types = list(config.layer_types)[:num_layers]
+    kinds = getattr(config, "layer_types", None)  # per-layer kinds (sliding / full attention, convolution, SSM)
+    if kinds is not None:
+        kinds = list(kinds)[:num_layers]
+        if not any(kind.endswith("attention") and kind != "linear_attention" for kind in kinds):
+            raise ConfigError(
+                f"method 'layer_skip' drafts with the target's first {num_layers} layers, and in "
+                f"{type(model).__name__} those are {sorted(set(kinds))} layers only (no attention layer to cache "
+                "keys in); use another method for this model",
+                field="method",
+                value="layer_skip",
+            )
+        try:
+            config.layer_types = kinds
+        except AttributeError:  # some configs derive layer_types from other fields
+            raise ConfigError(
+                f"method 'layer_skip' cannot build a truncated {type(model).__name__}: its config derives "
+                "layer_types and cannot be cut to fewer layers; use another method for this model",
+                field="method",
+                value="layer_skip",
+            ) from None
 
     draft_base = _shallow_copy(base)
     draft_base.layers = torch.nn.ModuleList(list(layers)[:num_layers])

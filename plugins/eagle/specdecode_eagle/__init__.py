@@ -170,7 +170,7 @@ def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOpt
     from .proposer import EagleProposer
 
     drafter = load_drafter(model, _head_path("eagle", config, options), options.use_draft_vocab)
-    return EagleProposer(drafter, options, trees_when_sampling=config.acceptance_method == "rejection_sampler")
+    return EagleProposer(drafter, options)
 
 
 def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3Options) -> Any:
@@ -186,7 +186,7 @@ def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3O
             value=None,
         )
     drafter = load_eagle3_drafter(model, path)
-    return EagleProposer(drafter, options, trees_when_sampling=config.acceptance_method == "rejection_sampler")
+    return EagleProposer(drafter, options)
 
 
 @specdecode.hookimpl

@@ -35,9 +35,9 @@ the expected gain beats the cost:
   is not even run for the next 1, 2, 4, ... ``max_skip`` steps (their features are queued), and every 8th such
   probe drafts one token anyway, so a pessimistic calibration can recover.
 
-Trees (``EagleOptions.tree_width`` > 1; greedy or rejection sampling): instead of one chain, each depth's most
-valuable nodes are run through the head together and each offers its ``tree_width`` best continuations; nodes join
-while they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass
+Trees (``EagleOptions.tree_width`` > 1, where the core verifies them: ``StartContext.trees``): instead of one
+chain, each depth's most valuable nodes are run through the head together and each offers its ``tree_width`` best
+continuations; nodes join while they pay for their verify slot, by the same rule (``_draft_tree``). The core verifies the tree in one pass
 and hands back the accepted path as a chain, so the catch-up above is unchanged.
 
 Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
@@ -113,7 +113,7 @@ class EagleProposer(Proposer):
     EXPLORE_EVERY = 8  # consecutive no-draft probes after which one draft is proposed anyway
     RATE_MARGIN = 1.02  # a draft must beat the current rate by 2%, so estimation noise does not buy expensive steps
 
-    def __init__(self, drafter: EagleDrafter, options=None, trees_when_sampling: bool = True):
+    def __init__(self, drafter: EagleDrafter, options=None):
         from . import EagleOptions
 
         self.drafter = drafter
@@ -121,8 +121,9 @@ class EagleProposer(Proposer):
         # The target states the head reads (the core concatenates them); None: the last layer's.
         self.hidden_state_layers = getattr(drafter, "hidden_state_layers", None)
         self.options = options if options is not None else EagleOptions()
-        # The core verifies trees under rejection sampling, not under typical acceptance (then: chains).
-        self.trees_when_sampling = trees_when_sampling
+        # Whether the core verifies trees in this generation (not under typical acceptance, in a batch, or on
+        # models whose attention cannot place branches: ALiBi, recurrent layers); chains otherwise.
+        self.trees = True
         self.verify_cost = verify_cost(None, self.options.cost_jump, self.options.cost_per_token)
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
@@ -167,6 +168,7 @@ class EagleProposer(Proposer):
                 field="hidden_states",
                 value=got,
             )
+        self.trees = context.trees
         self.verify_cost = verify_cost(ids.device, self.options.cost_jump, self.options.cost_per_token)
         self.cache = self.drafter.new_cache()
         self.committed = 0
@@ -193,7 +195,7 @@ class EagleProposer(Proposer):
 
     def propose(self, request: ProposeRequest) -> Proposal:
         self.confidences = []
-        tree = self.options.tree_width > 1 and (request.sampling.greedy or self.trees_when_sampling)
+        tree = self.options.tree_width > 1 and self.trees
         if not self.options.adaptive:
             self._catch_up()
             return self._draft_tree(request) if tree else self._draft_chain(request)

@@ -1,0 +1,293 @@
+"""Every architecture x every mode: greedy output identical to plain ``model.generate``, or a SpecDecodeError.
+
+The architectures are the tiny random models of :mod:`specdecode.testing.architectures` (sliding windows of 8
+tokens, prompts of 22-38 tokens plus 20 new ones, so windows are crossed). A cell passes when specdecode gives
+exactly plain greedy generate's tokens in fp32, or refuses with a :class:`specdecode.SpecDecodeError`; a different
+output or any other exception fails it.
+
+Modes:
+
+* chain: a proposer that drafts the right tokens for a random prefix, then wrong ones (rejections every step);
+* tree: random trees with the right branch somewhere (tests/test_trees.py's TreeOracle);
+* batch: three ragged left-padded prompts whose rows accept different numbers of drafts (holes in the cache) and
+  finish at different steps (tests/test_batch.py's StaggeredOracle); each row == that prompt generated alone;
+* sample: rejection sampling (``do_sample=True``) with ``top_k=1``, whose output is deterministic and must equal
+  greedy decoding: the sampling path of the loop on every architecture (the distribution itself is checked on
+  Llama by tests/test_sampling.py and the conformance kit; check_sampling_distribution takes 5-50 s per
+  architecture, too slow for this matrix);
+* ngram, draft_model (a draft of the same architecture, another seed), layer_skip, eagle (a random head, default
+  options: tree drafts; ``adaptive=False`` so it always drafts).
+
+Cells that are refused are listed in EXPECTED_REFUSALS with a fragment of the message they must give (recurrent
+models, trees on ALiBi or convolution models, layer_skip where it cannot cut the model); every other cell must equal
+plain generate. The matrix with the reasons is in docs/models.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import random
+import re
+import shutil
+import tempfile
+
+import pytest
+import specdecode
+import torch
+from specdecode import Proposal, Proposer, ProposeRequest, SpeculativeConfig
+from specdecode.batching import left_pad
+from specdecode.testing.architectures import SPECS, tiny_model
+
+from .test_batch import StaggeredOracle
+from .test_trees import TreeOracle
+
+# The draft_model plugin rightly warns that a draft as large as the target is pointless.
+pytestmark = pytest.mark.filterwarnings("ignore:the draft model has .* parameters")
+
+MAX_NEW = 20
+K = 4
+PROMPT_LENGTHS = (22, 31, 38)  # batch mode: all three; single-sequence modes: the first and the last
+SINGLE = (0, 2)
+MODES = ("chain", "tree", "batch", "sample", "ngram", "draft_model", "layer_skip", "eagle")
+
+# -- what is refused, and why (transformers 5.24) -------------------------------------------------------------------
+# Every other cell must give plain generate's tokens exactly. A refusal must come before any token is produced and
+# say what is unsupported; the fragment below must appear in its message.
+
+RECURRENT = "keep a state that rejected drafts would change"  # SSM / linear-attention state: no rollback
+ALIBI_TREE = "takes token positions from its 2-D attention mask (ALiBi)"
+CONV_TREE = "has conv layers, whose state runs along one sequence"
+NO_LAYERS_LIST = "needs a decoder with a"  # layer_skip: no `.model.layers` to truncate (GPT-2 style models)
+NO_ATTENTION_PREFIX = "no attention layer to cache keys in"  # layer_skip: the first layers are all recurrent/conv
+
+_HYBRID = ("mamba", "jamba", "bamba", "zamba2", "falcon-h1", "qwen3-next", "granitemoehybrid")
+
+EXPECTED_REFUSALS: dict[tuple[str, str], str] = {
+    **{(arch, mode): RECURRENT for arch in _HYBRID for mode in MODES if mode != "layer_skip"},
+    **{(arch, "layer_skip"): NO_ATTENTION_PREFIX for arch in (*_HYBRID, "lfm2")},
+    **{(arch, "layer_skip"): NO_LAYERS_LIST for arch in ("gpt2", "opt", "falcon", "falcon-alibi", "bloom", "gpt-bigcode")},
+    ("bloom", "tree"): ALIBI_TREE,
+    ("falcon-alibi", "tree"): ALIBI_TREE,
+    ("lfm2", "tree"): CONV_TREE,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: a second thread only adds contention (and spin-waits on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- models, prompts and references (built once per architecture) -------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _model(arch: str):
+    return tiny_model(arch)
+
+
+@functools.lru_cache(maxsize=1)
+def _prompts(vocab_size: int) -> list[torch.Tensor]:
+    """[1, T] prompts of PROMPT_LENGTHS tokens: a repeated chunk (so n-grams fire) between random tokens."""
+    g = torch.Generator().manual_seed(0)
+    prompts = []
+    for i, length in enumerate(PROMPT_LENGTHS):
+        chunk = torch.randint(0, vocab_size, (5 + i,), generator=g)
+        body = chunk.repeat(length // len(chunk) + 1)[: length - 6]
+        ends = torch.randint(0, vocab_size, (6,), generator=g)
+        prompts.append(torch.cat([ends[:3], body, ends[3:]]).view(1, -1))
+    return prompts
+
+
+@functools.lru_cache(maxsize=16)
+def _plain(arch: str, index: int) -> list[int]:
+    """Plain greedy continuation of prompt ``index``, alone, a few tokens past MAX_NEW (proposers peek ahead)."""
+    model = _model(arch)
+    prompt = _prompts(model.config.vocab_size)[index]
+    with torch.inference_mode():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=MAX_NEW + K + 1,
+            min_new_tokens=MAX_NEW + K + 1,
+        )
+    return out[0, prompt.shape[1] :].tolist()
+
+
+@functools.lru_cache(maxsize=4)
+def _eagle_head(arch: str) -> str:
+    """A random EAGLE head for the architecture's tiny model, saved in a temporary directory."""
+    from specdecode_eagle.checkpoint import save_head
+    from specdecode_eagle.head import EagleHead, HeadConfig
+
+    model = _model(arch)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    # Built from sizes, not HeadConfig.from_target, which needs Llama-style config names (GPT-2, OPT, Falcon,
+    # Bloom and Mamba configs lack intermediate_size or num_attention_heads).
+    config = HeadConfig(
+        hidden_size=hidden,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        intermediate_size=2 * hidden,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=hidden // 4,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = EagleHead(config)
+        for weight in head.parameters():
+            if weight.dim() == 2:
+                torch.nn.init.normal_(weight, std=0.3)
+    directory = tempfile.mkdtemp(prefix="specdecode-arch-eagle-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(save_head(head.eval(), directory, dtype=torch.float32))
+
+
+class ChainOracle(Proposer):
+    """Drafts the target's greedy continuation for a random number of tokens, then wrong tokens."""
+
+    def __init__(self, continuation: list[int], prompt_length: int, vocab_size: int, seed: int):
+        self.continuation = continuation
+        self.prompt_length = prompt_length
+        self.vocab = vocab_size
+        self.rng = random.Random(seed)
+
+    def propose(self, request: ProposeRequest) -> Proposal:
+        done = request.input_ids.shape[1] - self.prompt_length
+        k = request.num_tokens
+        truth = self.continuation[done : done + k]
+        truth += [0] * (k - len(truth))
+        right = self.rng.randint(0, k)
+        draft = [
+            t if i < right else (t + 1 + self.rng.randrange(self.vocab - 1)) % self.vocab
+            for i, t in enumerate(truth)
+        ]
+        return Proposal(token_ids=torch.tensor([draft]))
+
+
+# -- the modes -----------------------------------------------------------------------------------------------------
+
+
+def _single(arch: str, config: SpeculativeConfig, proposer_for=None, **generate_kwargs) -> None:
+    """Each single-sequence prompt: specdecode's tokens == plain greedy generate's."""
+    model = _model(arch)
+    prompts = _prompts(model.config.vocab_size)
+    for index in SINGLE:
+        prompt, plain = prompts[index], _plain(arch, index)
+        proposer = None if proposer_for is None else proposer_for(model, prompt, plain, index)
+        out = specdecode.generate(
+            model, prompt, config, max_new_tokens=MAX_NEW, proposer=proposer, **generate_kwargs
+        )
+        got = out.sequences[0, prompt.shape[1] :].tolist()
+        assert got == plain[:MAX_NEW], (
+            f"{arch}: prompt {index} differs from plain generate at {_first_diff(got, plain)}"
+        )
+
+
+def _first_diff(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _chain_oracle(model, prompt, plain, index):
+    return ChainOracle(plain, prompt.shape[1], model.config.vocab_size, seed=index)
+
+
+def mode_chain(arch: str) -> None:
+    _single(arch, SpeculativeConfig(num_speculative_tokens=K, speculation_schedule="constant"), _chain_oracle)
+
+
+def mode_sample(arch: str) -> None:
+    config = SpeculativeConfig(num_speculative_tokens=K, speculation_schedule="constant")
+    _single(arch, config, _chain_oracle, do_sample=True, top_k=1, temperature=1.0, seed=0)
+
+
+def mode_tree(arch: str) -> None:
+    def tree_oracle(model, prompt, plain, index):
+        return TreeOracle(prompt[0].tolist() + plain, model.config.vocab_size, seed=index)
+
+    _single(arch, SpeculativeConfig(num_speculative_tokens=K), tree_oracle)
+
+
+def mode_batch(arch: str) -> None:
+    model = _model(arch)
+    prompts = _prompts(model.config.vocab_size)
+    alone = [_plain(arch, i) for i in range(len(prompts))]
+    max_new = [MAX_NEW, MAX_NEW - 6, MAX_NEW - 2]  # rows finish (and leave the batch) at different steps
+    ids, mask = left_pad([p[0] for p in prompts], 0)
+    out = specdecode.generate(
+        model,
+        ids,
+        SpeculativeConfig(num_speculative_tokens=K, speculation_schedule="constant"),
+        attention_mask=mask,
+        max_new_tokens=max_new,
+        pad_token_id=0,
+        proposer=StaggeredOracle(model, alone),
+    )
+    for b, stats in enumerate(out.sequence_stats):
+        got = out.sequences[b, ids.shape[1] : ids.shape[1] + stats.new_tokens].tolist()
+        if got != alone[b][: max_new[b]]:
+            with torch.inference_mode():  # transformers' own batched generate, for the message
+                hf = model.generate(
+                    ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    max_new_tokens=MAX_NEW,
+                    min_new_tokens=MAX_NEW,
+                    pad_token_id=0,
+                )
+            hf_row = hf[b, ids.shape[1] : ids.shape[1] + max_new[b]].tolist()
+            raise AssertionError(
+                f"{arch}: batch row {b} differs from the prompt generated alone at {_first_diff(got, alone[b])} "
+                f"(transformers' batched generate {'agrees with' if hf_row == alone[b][: max_new[b]] else 'differs from'}"
+                " the prompt alone)"
+            )
+
+
+def mode_ngram(arch: str) -> None:
+    _single(arch, SpeculativeConfig(num_speculative_tokens=K, prompt_lookup_min=1))
+
+
+def mode_draft_model(arch: str) -> None:
+    draft = tiny_model(arch, seed=1)
+    _single(arch, SpeculativeConfig(method="draft_model", draft_model=draft, num_speculative_tokens=K))
+
+
+def mode_layer_skip(arch: str) -> None:
+    _single(arch, SpeculativeConfig(method="layer_skip", num_speculative_tokens=K))
+
+
+def mode_eagle(arch: str) -> None:
+    config = SpeculativeConfig(
+        method="eagle",
+        draft_model=_eagle_head(arch),
+        num_speculative_tokens=K,
+        method_options={"adaptive": False},
+    )
+    _single(arch, config)
+
+
+_RUN = {name: globals()[f"mode_{name}"] for name in MODES}
+
+
+def _cells() -> list:
+    return [pytest.param(arch, mode, id=f"{arch}-{mode}") for arch in SPECS for mode in MODES]
+
+
+@pytest.mark.parametrize(("arch", "mode"), _cells())
+def test_identical_to_plain_generate_or_refused(arch: str, mode: str) -> None:
+    refusal = EXPECTED_REFUSALS.get((arch, mode))
+    if refusal is None:
+        _RUN[mode](arch)  # asserts equality with plain generate
+        return
+    with pytest.raises(specdecode.SpecDecodeError, match=re.escape(refusal)):
+        _RUN[mode](arch)
+
+
+def test_expected_refusals_name_real_cells() -> None:
+    modes = set(MODES)
+    assert all(arch in SPECS and mode in modes for arch, mode in EXPECTED_REFUSALS)
