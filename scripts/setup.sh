@@ -19,6 +19,14 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         || "${PIP[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 fi
 
+if ! .venv/bin/python -c "import xgrammar" 2>/dev/null; then
+    # Structured output. xgrammar's requirement on triton (about 1 GB) serves only its CUDA masking kernel; specdecode
+    # masks with torch, so it is installed without it.
+    echo "specdecode setup: installing xgrammar (structured output)"
+    "${PIP[@]}" --no-deps "xgrammar==0.2.9" "apache-tvm-ffi>=0.1.11"
+    "${PIP[@]}" pydantic
+fi
+
 # Reinstall our packages only when a pyproject.toml changed (editable installs pick up code changes anyway).
 shopt -s nullglob
 projects=(pyproject.toml plugins/*/pyproject.toml examples/*/pyproject.toml)

@@ -4,7 +4,7 @@ import pytest
 import specdecode
 import torch
 from specdecode import SpeculativeConfig
-from specdecode.testing import repetitive_prompts, tiny_llama
+from specdecode.testing import char_tokenizer, repetitive_prompts, tiny_llama
 
 from .helpers import OracleProposer, SamplingProposer, ScriptedPlugin, TargetSamplingProposer, WrongProposer
 
@@ -61,21 +61,21 @@ def test_stops_at_any_of_several_eos_ids(tiny_model, register):
     assert torch.equal(out.sequences, plain)
 
 
-class _CharTokenizer:
-    """Token i decodes to the letter chr(97 + i % 26): enough for stop strings."""
-
-    def decode(self, ids):
-        return "".join(chr(97 + int(i) % 26) for i in ids)
+# One character per token id of the tiny model's 64-token vocabulary.
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,"
 
 
 def test_stop_strings(tiny_model):
+    tokenizer = char_tokenizer(_ALPHABET)
     ids = repetitive_prompts(64, count=1)[0]
     reference = _plain(tiny_model, ids, 20)[0, ids.shape[1] :].tolist()
-    text = _CharTokenizer().decode(reference)
+    text = tokenizer.decode(reference)
     stop = text[8:10]
     end = text.index(stop) + len(stop)  # one letter per token
-    out = specdecode.generate(tiny_model, ids, None, max_new_tokens=20, stop_strings=[stop], tokenizer=_CharTokenizer())
+    out = specdecode.generate(tiny_model, ids, None, max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer)
     assert out.sequences[0, ids.shape[1] :].tolist() == reference[:end]
+    plain = tiny_model.generate(ids, do_sample=False, max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer)
+    assert torch.equal(out.sequences, plain)
 
 
 def test_stop_strings_need_a_tokenizer(tiny_model):

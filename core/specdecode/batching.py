@@ -213,3 +213,30 @@ class RightAlignedTokens:
         real = column >= gap
         self.ids = torch.where(real, ids.gather(1, source), self.pad)
         self.mask = mask.gather(1, source) * real
+
+
+class History:
+    """Every sequence as plain ``generate`` holds it: the prompt as given (left padding included), then its
+    generated tokens. Logits processors and stopping criteria read prefixes of it (``prefix``), so they see exactly
+    the ``input_ids`` plain generate would pass them. ``tokens[b]`` is sequence b's generated tokens on the host;
+    the device copy may hold tentative tokens (drafts) past them."""
+
+    def __init__(self, prompt: torch.Tensor, capacity: int, pad: int):
+        batch, width = prompt.shape
+        self.prompt_width = width
+        self.ids = torch.full((batch, width + capacity), pad, dtype=torch.long, device=prompt.device)
+        self.ids[:, :width] = prompt
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+
+    def prefix(self, b: int, generated: int) -> torch.Tensor:
+        """``[1, P + generated]``: sequence b's prompt and its first ``generated`` tokens (or drafts written there)."""
+        return self.ids[b : b + 1, : self.prompt_width + generated]
+
+    def write(self, rows: Sequence[int], block: torch.Tensor) -> None:
+        """Write ``block`` ``[R, w]`` after the generated tokens of the sequences ``rows`` (device only)."""
+        if block.shape[1] == 0:
+            return
+        device = self.ids.device
+        starts = torch.tensor([self.prompt_width + len(self.tokens[b]) for b in rows], device=device)
+        columns = starts.unsqueeze(1) + torch.arange(block.shape[1], device=device).unsqueeze(0)  # [R, w]
+        self.ids[torch.tensor(list(rows), device=device).unsqueeze(1), columns] = block.to(device)

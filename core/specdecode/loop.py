@@ -5,26 +5,28 @@ One step, in the order :meth:`Decoder.run` takes them:
 1. **budget**: K for this step, from the config's batch-size policies and the speculation schedule;
 2. **propose**: the proposer drafts d_1..d_k per running sequence (a chain, or a tree at batch size 1);
 3. **verify**: the target scores [last token, d_1..d_k] in one forward pass over its KV cache (logits
-   ``[R, k+1, V]``), drafts are accepted (greedy match, rejection sampling or typical acceptance), the token after
-   the accepted run (corrected or bonus) is drawn, the cache is rolled back to the accepted prefix, and everything
-   the host needs comes back in one transfer: a :class:`Step`;
-4. **commit**: the new tokens join each sequence, stops (eos, max_new_tokens, stop strings) cut them, they are
-   streamed and counted;
+   ``[R, k+1, V]``); each position is processed as plain ``generate`` would process it there (its logits
+   processors, given the prefix before it, and a grammar's mask: :mod:`specdecode.processing`); drafts are accepted
+   (greedy match, rejection sampling or typical acceptance), the token after the accepted run (corrected or bonus)
+   is drawn, the cache is rolled back to the accepted prefix, and everything the host needs comes back in one
+   transfer: a :class:`Step`;
+4. **commit**: the new tokens join each sequence, its stopping criteria cut them (:mod:`specdecode.stopping`), they
+   are streamed and counted;
 5. **feedback**: the proposer hears what was accepted (``on_verified``), the schedule what it cost;
 6. **drop**: finished sequences leave the target's batch and its cache.
 
 The prompt is never recomputed. In a batch every row accepts its own number of drafts; the cache keeps the longest
 accepted run and hides the slots other rows rejected behind the attention mask (:mod:`specdecode.batching`).
 
-Letters: B sequences, R of them still running, T tokens so far, k drafts this step, V vocabulary, H hidden size.
-p = the target's distribution, q = the draft's.
+Letters: B sequences, R of them still running, P the prompt's width, T tokens so far, k drafts this step,
+V vocabulary, H hidden size. p = the target's distribution, q = the draft's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -32,14 +34,16 @@ import torch
 
 from . import attention, sampling, trees
 from .attention import AttentionLayout
-from .batching import CacheSlots, RightAlignedTokens
+from .batching import CacheSlots, History, RightAlignedTokens
 from .cache import cache_kwarg_name, check_rollback, crop_to, keep_past, new_cache
 from .config import SpeculativeConfig
 from .errors import ConfigError
 from .kernels import few_rows_linear
+from .processing import LogitsPipeline
 from .proposer import Proposal, Proposer, ProposeRequest, SamplingParams, StartContext, VerifyResult
 from .schedules import StepOutcome, make_schedule
 from .stats import GenerationStats
+from .stopping import StopRules
 
 
 @attrs.define
@@ -83,6 +87,32 @@ class Rows:
 
 
 @attrs.frozen(kw_only=True)
+class Settings:
+    """How one generation picks and stops, as transformers' ``generate`` prepared it."""
+
+    sampling: SamplingParams  # do_sample, and the processors (``sampling.logits_processor``) proposers may apply
+    pipeline: LogitsPipeline  # the target's logits processors (warpers included when sampling)
+    rules: StopRules
+    pad: int
+    grammar: Any = None  # a specdecode.grammar.CompiledConstraint, or None
+    output_scores: bool = False  # keep each generated token's processed scores
+    output_logits: bool = False  # and its raw logits
+    tokenizer: Any = None
+    streamer: Any = None  # gets the new tokens (the caller has put the prompt)
+    generator: torch.Generator | None = None
+
+
+@attrs.define(kw_only=True)
+class Result:
+    """What :meth:`Decoder.run` returns: per sequence, its generated tokens and, when asked for, one processed
+    scores row and one raw logits row ``[V]`` per token."""
+
+    tokens: list[list[int]]
+    scores: list[list[torch.Tensor]] | None = None
+    logits: list[list[torch.Tensor]] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Step:
     """What one verify step decided, for the phases after it. Per running row i (host lists) and on the device."""
 
@@ -94,6 +124,8 @@ class Step:
     next_tokens: torch.Tensor  # [R]
     new_ids: torch.Tensor  # [R, w]: row i's first num_accepted[i] + 1 entries are its new tokens
     hidden: torch.Tensor | None  # [R, w, H] states over [last token, accepted drafts...]
+    scores: torch.Tensor | None  # [R, w, V] processed scores of the new tokens' positions (when outputs keep them)
+    logits: torch.Tensor | None  # [R, w, V] their raw logits (ditto)
     draft_seconds: float
     verify_seconds: float
 
@@ -111,54 +143,42 @@ class _Generation:
     slots: CacheSlots
     rows: Rows
     last: torch.Tensor  # [R] each running row's newest token, not yet in the cache
-    generated: list[list[int]]  # [B] each sequence's tokens so far (host)
+    history: History  # [B, P + ...] every sequence as plain generate holds it; ``history.tokens`` on the host
     view: RightAlignedTokens  # [B, T] every sequence, as proposers see it
     want_hidden: bool
+    result: Result
+    grammars: list[Any] | None = None  # per sequence: a specdecode.grammar.GrammarState
+    done_at: list[int | None] = attrs.field(factory=list)  # without padding of stopped rows: where each stopped
     finished: list[int] = attrs.field(factory=list)  # running positions that stopped this step
 
 
 class Decoder:
     """Runs generations for one target model, proposer and set of generation settings."""
 
-    def __init__(
-        self,
-        model: Any,
-        config: SpeculativeConfig,
-        proposer: Proposer,
-        params: SamplingParams,
-        max_new: list[int],
-        *,
-        eos_ids: frozenset[int],
-        pad: int,
-        stops: tuple[str, ...] = (),
-        tokenizer: Any = None,
-        streamer: Any = None,
-        generator: torch.Generator | None = None,
-    ):
+    def __init__(self, model: Any, config: SpeculativeConfig, proposer: Proposer, settings: Settings):
         self.model = model
         self.config = config
         self.proposer = proposer
-        self.params = params
-        self.max_new = max_new  # per sequence
-        self.eos_ids = eos_ids
-        self.pad = pad
-        self.stops = stops
-        self.tokenizer = tokenizer
-        self.streamer = streamer
-        self.generator = generator
-        self.stats = GenerationStats(num_sequences=len(max_new))
-        self.sequence_stats = [self.stats] if len(max_new) == 1 else [GenerationStats() for _ in max_new]
+        self.settings = settings
+        self.params = settings.sampling
+        self.rules = settings.rules
+        self.pad = settings.pad
+        self.stats = GenerationStats(num_sequences=len(settings.rules.max_new))
+        self.sequence_stats = [self.stats] if self.stats.num_sequences == 1 else [
+            GenerationStats() for _ in settings.rules.max_new
+        ]
         self.schedule = make_schedule(config.speculation_schedule, config.num_speculative_tokens)
         self.cache_kwarg = cache_kwarg_name(model)
         self.hidden_layers = getattr(proposer, "hidden_state_layers", None)
         self.layout = AttentionLayout.of(model)
         self.dtype = model.get_input_embeddings().weight.dtype
+        # Positions are processed (in float32) when a processor, a grammar or the caller's scores need it.
+        self.processing = bool(settings.pipeline) or settings.grammar is not None or settings.output_scores
 
-    def run(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, lengths: list[int]) -> list[list[int]]:
-        """Generate for ``prompt`` [B, P] (left-padded by ``prompt_mask`` when B > 1; ``lengths`` real tokens per
-        row). Returns each sequence's generated tokens."""
+    def run(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None) -> Result:
+        """Generate for ``prompt`` [B, P], left-padded where ``prompt_mask`` [B, P] is 0."""
         with self._scope():
-            state = self.prefill(prompt, prompt_mask, lengths)
+            state = self.prefill(prompt, prompt_mask)
             while state.rows.count:
                 t_step = time.perf_counter()
                 budget = self.budget(state)
@@ -168,10 +188,10 @@ class Decoder:
                 self.feedback(state, step)
                 self.drop(state, compact=True)
                 self.schedule.observe(self._outcome(step, time.perf_counter() - t_step))
-        if self.streamer is not None:
-            self.streamer.end()
+        if self.settings.streamer is not None:
+            self.settings.streamer.end()
         self._close_stats(state)
-        return state.generated
+        return state.result
 
     @contextlib.contextmanager
     def _scope(self) -> Iterator[None]:
@@ -181,45 +201,53 @@ class Decoder:
             yield
 
     # -- phases ---------------------------------------------------------------------------------------------
-    def prefill(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None, lengths: list[int]) -> _Generation:
+    def prefill(self, prompt: torch.Tensor, prompt_mask: torch.Tensor | None) -> _Generation:
         """Read the prompt, pick the first token, start the proposer."""
         t0 = time.perf_counter()
         batch, device = prompt.shape[0], prompt.device
+        settings = self.settings
+        mask = torch.ones_like(prompt) if prompt_mask is None else prompt_mask.to(torch.long)
+        lengths = mask.sum(dim=1).tolist()
+        # The target reads each row's real tokens; columns that are padding in every row are left out.
+        target, target_mask = prompt[:, prompt.shape[1] - max(lengths) :], mask[:, prompt.shape[1] - max(lengths) :]
+        if batch == 1:
+            target, target_mask = target[:, -lengths[0] :], None
         self.stats.prompt_tokens = sum(lengths)
         for s, length in zip(self.sequence_stats, lengths):
             s.prompt_tokens = length
         want_hidden = type(self.proposer).needs_hidden_states
         cache = new_cache(self.model)
-        slots = CacheSlots.from_prompt(prompt_mask, lengths)
-        if self.streamer is not None:
-            self.streamer.put(prompt.cpu())
-        logits, hidden = self.forward(prompt, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
+        slots = CacheSlots.from_prompt(target_mask, lengths)
+        logits, hidden = self.forward(target, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
         check_rollback(cache, self.model)
         keep_past(cache)
-        last = self.pick(logits[:, -1])  # [B]
-        generated = [[t] for t in last.tolist()]
-        self._emit(generated[0])
-        ones = torch.ones(batch, 1, dtype=torch.long, device=device)
-        mask = ones.expand(batch, prompt.shape[1]) if prompt_mask is None else prompt_mask.long()
-        view = RightAlignedTokens(torch.cat([prompt, last.unsqueeze(1)], 1), torch.cat([mask, ones], 1), self.pad)
+        history = History(prompt, max(self.rules.max_new) + self.config.num_speculative_tokens + 2, self.pad)
+        grammars = None if settings.grammar is None else [settings.grammar.new_state() for _ in range(batch)]
+        logits = logits[:, -1]  # [B, V]
+        scores = self._process(logits.unsqueeze(1), lambda i, j: history.prefix(i, 0), self._first_masks(grammars))
+        last = self.pick(scores[:, 0])  # [B]
+        result = Result(tokens=history.tokens, scores=[[] for _ in range(batch)] if settings.output_scores else None,
+                        logits=[[] for _ in range(batch)] if settings.output_logits else None)
         state = _Generation(
-            t0=t0, cache=cache, slots=slots, rows=Rows.all(batch, device), last=last, generated=generated,
-            view=view, want_hidden=want_hidden,
+            t0=t0, cache=cache, slots=slots, rows=Rows.all(batch, device), last=last, history=history,
+            view=RightAlignedTokens(target, torch.ones_like(target) if target_mask is None else target_mask, self.pad),
+            want_hidden=want_hidden, result=result, grammars=grammars, done_at=[None] * batch,
         )
+        step_tokens = [[t] for t in last.tolist()]
+        self._keep(state, range(batch), step_tokens, last.unsqueeze(1), self._outputs(scores, logits.unsqueeze(1)))
         with self._proposer_time():
             self.proposer.start(
                 StartContext(
-                    input_ids=view.ids,
-                    attention_mask=view.mask,
+                    input_ids=state.view.ids,
+                    attention_mask=state.view.mask,
                     num_speculative_tokens=self.config.num_speculative_tokens,
                     sampling=self.params,
-                    generator=self.generator,
+                    generator=settings.generator,
                     hidden_states=hidden,
-                    tokenizer=self.tokenizer,
+                    tokenizer=settings.tokenizer,
                     trees=self.tree_refusal(batch) is None,
                 )
             )
-        state.finished = [b for b in range(batch) if self._finished(b, generated[b], 0)]
         self.drop(state)
         return state
 
@@ -241,7 +269,7 @@ class Decoder:
                     num_tokens=budget,
                     active=state.rows.active,
                     sampling=self.params,
-                    generator=self.generator,
+                    generator=self.settings.generator,
                 )
             )
 
@@ -256,16 +284,7 @@ class Decoder:
     def commit(self, state: _Generation, step: Step) -> None:
         """Append each row's new tokens, cut them at a stop, stream and count them."""
         rows = state.rows
-        counts = [0] * rows.batch  # new tokens per sequence, after stops
-        state.finished = []
-        for i, b in enumerate(rows.running):
-            before = len(state.generated[b])
-            state.generated[b].extend(step.tokens[i])
-            if self._finished(b, state.generated[b], before):  # truncates at eos / max_new_tokens / stop string
-                state.finished.append(i)
-            counts[b] = len(state.generated[b]) - before
-        state.view.append(rows.to_batch(step.new_ids, self.pad), counts)
-        self._emit(state.generated[0][len(state.generated[0]) - counts[0] :])
+        self._keep(state, rows.running, step.tokens, step.new_ids, {"scores": step.scores, "logits": step.logits})
         self.stats.record_batch_step(step.drafted, step.accepted)
         self.stats.k_budget_per_step.append(step.budget)
         if rows.batch > 1:
@@ -321,6 +340,9 @@ class Decoder:
         run."""
         rows = state.rows.count
         draft, lengths, q = self._drafts_for_running(state, proposal, budget)
+        masks = None
+        if state.grammars is not None:  # drafts leave the grammar: cut them first (one more host transfer)
+            draft, lengths, masks = self._grammar_chain(state, draft, lengths, q is not None)
         k = draft.shape[1]
         verify_ids = torch.cat([state.last.unsqueeze(1), draft], dim=1)  # [R, k+1]
         attention_mask, position_ids = state.slots.forward_inputs(k + 1)
@@ -328,7 +350,14 @@ class Decoder:
             keys = state.slots.keys(draft.device)
             attention_mask = self.layout.masks(*keys, position_ids, attention.causal(k + 1, draft.device), self.dtype)
         logits, hidden = self.forward(verify_ids, state.cache, state.want_hidden, 0, attention_mask, position_ids)
-        num_accepted, next_tokens = self.accept(logits, draft, lengths, q)  # [R], [R]
+        scores = logits
+        if self.processing:  # position j is processed with the sequence so far and drafts 1..j
+            running = state.rows.running
+            state.history.write(running, draft)
+            scores = self._process(
+                logits, lambda i, j: state.history.prefix(running[i], len(state.history.tokens[running[i]]) + j), masks
+            )
+        num_accepted, next_tokens = self.accept(scores, draft, lengths, q)  # [R], [R]
         # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
         parts = [num_accepted, next_tokens, draft.reshape(-1)]
         if lengths is not None:
@@ -343,7 +372,7 @@ class Decoder:
         new_ids = torch.cat([draft, next_tokens.unsqueeze(1)], dim=1)
         new_ids = new_ids.scatter(1, num_accepted.unsqueeze(1), next_tokens.unsqueeze(1))  # [R, k+1]
         return dict(width=k, drafted=drafted, tokens=tokens, num_accepted=num_accepted, next_tokens=next_tokens,
-                    new_ids=new_ids, hidden=hidden)
+                    new_ids=new_ids, hidden=hidden, **self._outputs(scores, logits))
 
     def verify_tree(self, state: _Generation, proposal: Proposal, max_depth: int) -> dict[str, Any]:
         """Score a tree proposal (batch size 1; greedy or rejection sampling) in one forward pass and keep the path
@@ -360,6 +389,9 @@ class Decoder:
             )
         parents = trees.check_parents(proposal.parents, proposal.num_tokens)
         draft, parents = trees.limit_depth(proposal.token_ids[0].tolist(), parents, max_depth)
+        masks = None
+        if state.grammars is not None:  # nodes the grammar refuses go, with their subtrees
+            draft, parents, masks = self._grammar_tree(state, draft, parents)
         k, device = len(draft), last.device
         past = slots.length
         verify_ids = torch.cat([last, torch.tensor(draft, dtype=torch.long, device=device)]).unsqueeze(0)
@@ -367,22 +399,40 @@ class Decoder:
         positions = trees.position_ids(node_depths, slots.real_counts[0], device)
         mask = self.layout.masks(*slots.keys(device), positions, trees.visibility(parents, device), self.dtype)
         logits, hidden = self.forward(verify_ids, state.cache, state.want_hidden, 0, mask, positions)
+        scores = logits
+        if self.processing:  # node i is processed with the sequence so far and the path to it
+            b = state.rows.running[0]
+            done = len(state.history.tokens[b])
+            paths = trees.paths(parents)
+
+            def prefix(_i: int, j: int) -> torch.Tensor:
+                base = state.history.prefix(b, done)
+                if j == 0:
+                    return base
+                branch = torch.tensor([[draft[n] for n in paths[j - 1]]], dtype=torch.long, device=device)
+                return torch.cat([base, branch], dim=1)
+
+            scores = self._process(logits, prefix, masks)
         if self.params.greedy:
-            path, next_token = trees.greedy_path(logits[0].argmax(dim=-1).tolist(), draft, parents)
+            path, next_token = trees.greedy_path(scores[0].argmax(dim=-1).tolist(), draft, parents)
         else:  # draft_probs are not used: each candidate counts as a deterministic draft (see trees.sampled_path)
-            probs = sampling.warp_probs(logits[0], self.params)
-            path, next_token = trees.sampled_path(probs, draft, parents, self.generator)
+            path, next_token = trees.sampled_path(
+                scores[0].float().softmax(dim=-1), draft, parents, self.settings.generator
+            )
         n = len(path)
         keep = [0] + [i + 1 for i in path]  # verify slots: 0 = the last token, i + 1 = node i
         num_accepted = torch.tensor([n], device=device)
         slots.advance(num_accepted, [n])
         trees.keep_cache_slots(state.cache, past, keep)
+        index = torch.tensor(keep, device=device)
         if hidden is not None:
-            hidden = hidden[:, torch.tensor(keep, device=device)]
+            hidden = hidden[:, index]
         tokens = [draft[i] for i in path] + [next_token]
+        outputs = self._outputs(scores, logits)
+        outputs = {name: None if value is None else value[:, index] for name, value in outputs.items()}
         return dict(width=k, drafted=[max(node_depths)], tokens=[tokens], num_accepted=num_accepted,
                     next_tokens=torch.tensor([next_token], device=device),
-                    new_ids=torch.tensor([tokens], dtype=torch.long, device=device), hidden=hidden)
+                    new_ids=torch.tensor([tokens], dtype=torch.long, device=device), hidden=hidden, **outputs)
 
     def tree_refusal(self, rows: int) -> str | None:
         """Why this generation cannot verify tree proposals (None: it can)."""
@@ -411,17 +461,19 @@ class Decoder:
         hidden = select_hidden_states(out.hidden_states, self.hidden_layers) if want_hidden else None
         return out.logits, hidden
 
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """A token from [R, V] logits, as plain generate would pick it."""
+    def pick(self, scores: torch.Tensor) -> torch.Tensor:
+        """A token from [R, V] processed scores, as plain generate picks it."""
         if self.params.greedy:
-            return logits.argmax(dim=-1)
-        return sampling.sample(sampling.warp_probs(logits, self.params), self.generator)
+            return scores.argmax(dim=-1)
+        return sampling.sample(scores.float().softmax(dim=-1), self.settings.generator)
 
-    def accept(self, logits, draft, lengths, draft_probs):
-        """Decide how many drafts survive. logits [R, k+1, V], draft [R, k] -> (num_accepted [R], next [R])."""
+    def accept(self, scores, draft, lengths, draft_probs):
+        """Decide how many drafts survive. scores [R, k+1, V] (processed), draft [R, k] -> (num_accepted [R],
+        next [R])."""
         if self.params.greedy:
-            return sampling.greedy_accept(logits, draft, lengths)
-        probs = sampling.warp_probs(logits, self.params)  # [R, k+1, V]
+            return sampling.greedy_accept(scores, draft, lengths)
+        probs = scores.float().softmax(dim=-1)  # [R, k+1, V]: p, exactly what plain generate samples from
+        generator = self.settings.generator
         if self.config.acceptance_method == "typical_acceptance_sampler":
             return sampling.typical_accept(
                 probs,
@@ -429,12 +481,127 @@ class Decoder:
                 lengths,
                 posterior_threshold=self.config.posterior_threshold,
                 posterior_alpha=self.config.posterior_alpha,
-                generator=self.generator,
+                generator=generator,
             )
         q = None if draft_probs is None else draft_probs.to(probs.dtype)
-        return sampling.rejection_sample(probs, draft, q, lengths, self.generator)
+        return sampling.rejection_sample(probs, draft, q, lengths, generator)
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _process(
+        self, logits: torch.Tensor, prefix: Callable[[int, int], torch.Tensor], masks: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[R, W, V] logits -> processed scores, position (i, j) with ``prefix(i, j)`` ([1, T]) and ``masks[i, j]``
+        (a grammar's allowed tokens); the logits themselves when nothing processes them."""
+        if not self.processing:
+            return logits
+        rows, width, vocab = logits.shape
+        flat_masks = None if masks is None else masks.reshape(rows * width, vocab)
+        scores = self.settings.pipeline(
+            logits.reshape(rows * width, vocab), lambda n: prefix(n // width, n % width), flat_masks
+        )
+        return scores.view(rows, width, vocab)
+
+    def _outputs(self, scores: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        return {
+            "scores": scores if self.settings.output_scores else None,
+            "logits": logits.float() if self.settings.output_logits else None,
+        }
+
+    def _keep(self, state, batch_rows, step_tokens, new_ids, outputs) -> None:
+        """Append each row's ``step_tokens`` (its new tokens; ``new_ids`` [R, w] on the device), cut them where a
+        stopping criterion fires, advance its grammar, stream and keep its ``outputs`` (scores, logits)."""
+        history, rules, result = state.history, self.rules, state.result
+        counts = [0] * state.rows.batch  # new tokens per sequence, after stops
+        state.finished = []
+        history.write(list(batch_rows), new_ids)
+        for i, b in enumerate(batch_rows):
+            tokens = history.tokens[b]
+            before = len(tokens)
+            tokens.extend(step_tokens[i])
+            keep = rules.first_stop(b, tokens, before, lambda n, b=b: history.prefix(b, n))
+            if keep is not None:
+                if state.done_at[b] is None:
+                    state.done_at[b] = keep
+                # Stopped rows leave at once when they would be padded; otherwise (no eos criterion, as in
+                # transformers) a row generates on until every row has stopped, and never past its length limit.
+                if rules.pad_finished or state.rows.batch == 1 or keep >= rules.max_new[b]:
+                    del tokens[keep:]
+                    state.finished.append(i)
+            counts[b] = len(tokens) - before
+            if state.grammars is not None:
+                state.grammars[b].advance(tokens[before:])
+            for kept, produced in ((result.scores, outputs["scores"]), (result.logits, outputs["logits"])):
+                if kept is not None:
+                    kept[b].extend(produced[i, : counts[b]].unbind(0))
+        if not rules.pad_finished and state.rows.batch > 1 and all(d is not None for d in state.done_at):
+            self._stop_together(state, batch_rows, counts)
+        state.view.append(state.rows.to_batch(new_ids, self.pad), counts)
+        streamer = self.settings.streamer
+        if streamer is not None and counts[0]:
+            streamer.put(torch.tensor(history.tokens[0][-counts[0] :], dtype=torch.long))
+
+    def _stop_together(self, state: _Generation, batch_rows: Sequence[int], counts: list[int]) -> None:
+        """Every row has stopped and stopped rows are not padded (no eos criterion): as in transformers, all rows
+        end at the length of the last to stop; rows short of it generate on to it."""
+        final = max(d for d in state.done_at if d is not None)
+        for i, b in enumerate(batch_rows):
+            tokens = state.history.tokens[b]
+            if i in state.finished:
+                continue
+            if len(tokens) >= final:
+                cut = len(tokens) - final
+                del tokens[final:]
+                counts[b] -= cut
+                state.finished.append(i)
+            else:
+                self.rules.max_new[b] = final
+
+    def _first_masks(self, grammars: list[Any] | None) -> torch.Tensor | None:
+        if grammars is None:
+            return None
+        return torch.stack([g.masks(device=self.model.device)[0] for g in grammars]).unsqueeze(1)  # [B, 1, V]
+
+    def _grammar_chain(self, state: _Generation, draft: torch.Tensor, lengths: torch.Tensor | None, sampled: bool):
+        """Cut each running row's drafts where its grammar refuses one and build the verify positions' masks.
+
+        A deterministic draft the grammar refuses is simply dropped. A *sampled* one (with q) is kept, as the last:
+        the mask gives it probability 0, so rejection sampling rejects it and draws from max(p - q, 0) at that
+        position, which is what keeps the output lossless (dropping it would draw from p there instead).
+        -> (draft [R, k'], lengths [R], masks [R, k'+1, V] bool)."""
+        rows, k = draft.shape
+        host = draft.tolist()
+        limits = lengths.tolist() if lengths is not None else [k] * rows
+        new_lengths, row_masks = [], []
+        for i, b in enumerate(state.rows.running):
+            grammar = state.grammars[b]
+            tokens = host[i][: limits[i]]
+            valid = grammar.valid_prefix(tokens)
+            keep = min(len(tokens), valid + 1) if sampled else valid
+            new_lengths.append(keep)
+            row_masks.append(grammar.masks(tokens[:valid], device=draft.device))  # [valid+1, V]
+        width = max(new_lengths)
+        masks = torch.ones(rows, width + 1, row_masks[0].shape[-1], dtype=torch.bool, device=draft.device)
+        for i, m in enumerate(row_masks):
+            n = min(m.shape[0], width + 1)
+            masks[i, :n] = m[:n]
+        lengths = torch.tensor(new_lengths, device=draft.device)
+        return draft[:, :width], lengths, masks
+
+    def _grammar_tree(self, state: _Generation, draft: list[int], parents: tuple[int, ...]):
+        """Drop the nodes the grammar refuses (with their subtrees; each candidate is a deterministic draft, so
+        this is lossless) -> (draft, parents, masks [1, k+1, V] bool: the mask after each node's path)."""
+        grammar = state.grammars[state.rows.running[0]]
+        keep, masks = grammar.tree_masks(draft, parents, device=state.last.device)
+        renumber = {-1: -1}
+        kept_draft, kept_parents = [], []
+        for i in range(len(draft)):
+            if keep[i]:
+                renumber[i] = len(kept_draft)
+                kept_draft.append(draft[i])
+                kept_parents.append(renumber[parents[i]])
+        rows = [0] + [i + 1 for i in range(len(draft)) if keep[i]]
+        return kept_draft, tuple(kept_parents), masks[rows].unsqueeze(0)
+
     def _drafts_for_running(self, state: _Generation, proposal: Proposal, budget: int):
         """The running rows' drafts, at most ``budget`` and their room to max_new_tokens each.
 
@@ -461,8 +628,8 @@ class Decoder:
         return draft, lengths, q
 
     def _room(self, state: _Generation) -> list[int]:
-        """Drafts each running sequence may still take before max_new_tokens."""
-        return [self.max_new[b] - len(state.generated[b]) - 1 for b in state.rows.running]
+        """Drafts each running sequence may still take before its length limit."""
+        return [max(self.rules.max_new[b] - len(state.history.tokens[b]) - 1, 0) for b in state.rows.running]
 
     @contextlib.contextmanager
     def _proposer_time(self) -> Iterator[None]:
@@ -484,38 +651,12 @@ class Decoder:
         )
 
     def _close_stats(self, state: _Generation) -> None:
-        self.stats.new_tokens = sum(len(g) for g in state.generated)
+        tokens = state.history.tokens
+        self.stats.new_tokens = sum(len(g) for g in tokens)
         self.stats.time_total = time.perf_counter() - state.t0
         if len(self.sequence_stats) > 1:
-            for s, g in zip(self.sequence_stats, state.generated):
+            for s, g in zip(self.sequence_stats, tokens):
                 s.new_tokens = len(g)
-
-    def _emit(self, new: list[int]) -> None:
-        if self.streamer is not None and new:
-            self.streamer.put(torch.tensor(new, dtype=torch.long))
-
-    def _finished(self, b: int, generated: list[int], before: int) -> bool:
-        """Truncate ``generated`` (sequence b's tokens) in place at the first stop among the tokens added after
-        ``before``; True if the sequence is done."""
-        max_new = self.max_new[b]
-        for i in range(before, len(generated)):
-            if i + 1 >= max_new or generated[i] in self.eos_ids or self._hit_stop_string(generated, i):
-                del generated[i + 1 :]
-                return True
-        return False
-
-    def _hit_stop_string(self, generated: list[int], i: int) -> bool:
-        if not self.stops:
-            return False
-        # Decode a window long enough to contain any stop string ending in token i.
-        window = generated[max(0, i + 1 - self._stop_window) : i + 1]
-        prev = self.tokenizer.decode(window[:-1])
-        text = self.tokenizer.decode(window)
-        return any(s in text and s not in prev for s in self.stops)
-
-    @property
-    def _stop_window(self) -> int:
-        return max(len(s) for s in self.stops) + 2
 
 
 def select_hidden_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int] | None) -> torch.Tensor:

@@ -30,13 +30,20 @@ import torch.nn.functional as F
 
 @attrs.frozen(kw_only=True)
 class SamplingParams:
-    """How the target picks tokens. A proposer that samples must warp its logits the same way (see
-    :func:`specdecode.sampling.warp_probs`) and report the exact distribution it sampled from."""
+    """How the target picks tokens. A proposer that samples must report the exact distribution it sampled from;
+    drawing with ``specdecode.toolkit.draw`` gives both, processed the way the target processes its logits.
+
+    ``logits_processor``: the target's own processing (transformers' logits processors and, when sampling, its
+    warpers: temperature, top-k, top-p, min-p, ...), as a callable ``(logits [N, V], prefix) -> scores`` (a
+    :class:`specdecode.processing.LogitsPipeline`); None for the plain temperature / top-k / top-p fields below,
+    which otherwise only describe it.
+    """
 
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    logits_processor: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def greedy(self) -> bool:

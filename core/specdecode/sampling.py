@@ -12,11 +12,26 @@ import torch
 from .proposer import SamplingParams
 
 
-def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Apply temperature, then top-k, then top-p to ``[..., V]`` logits (the order transformers uses).
+def warp_logits(
+    logits: torch.Tensor, params: SamplingParams, input_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Process ``[..., V]`` logits the way the target does.
 
-    Removed tokens get ``-inf``. Ties at the top-k boundary are kept, as in transformers.
+    With ``params.logits_processor`` (what specdecode's loop hands proposers): the target's processors, given
+    ``input_ids`` (the ``[T]`` or ``[1, T]`` tokens before the position scored; only for a single row), and its
+    warpers when sampling; processors that read the tokens are skipped when none are given. Without: temperature,
+    then top-k, then top-p (the order transformers uses). Removed tokens get ``-inf``; ties at the top-k boundary
+    are kept, as in transformers.
     """
+    if params.logits_processor is not None:
+        flat = logits.reshape(-1, logits.shape[-1])
+        prefix = None
+        if input_ids is not None:
+            if flat.shape[0] != 1:
+                raise ValueError(f"input_ids give the prefix of one row; got logits of shape {tuple(logits.shape)}")
+            ids = input_ids.reshape(1, -1).to(device=logits.device, dtype=torch.long)
+            prefix = lambda _n: ids  # noqa: E731
+        return params.logits_processor(flat, prefix).reshape(logits.shape)
     logits = logits.float()
     if params.temperature != 1.0:
         logits = logits / params.temperature
@@ -33,9 +48,11 @@ def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def warp_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def warp_probs(
+    logits: torch.Tensor, params: SamplingParams, input_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """The distribution the target samples from: softmax of :func:`warp_logits`."""
-    return warp_logits(logits, params).softmax(dim=-1)
+    return warp_logits(logits, params, input_ids).softmax(dim=-1)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,25 +61,34 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 
 def draw(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    input_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A draft token per row of ``[..., V]`` logits, picked the way the target picks: the argmax when greedy, a
-    sample from the warped distribution otherwise -> (tokens ``[...]``, q ``[..., V]``).
+    sample from the processed distribution otherwise -> (tokens ``[...]``, q ``[..., V]``).
 
-    q is the distribution the token came from (greedy: the plain softmax, whose argmax it is; its maximum is the
-    draft's confidence). When sampling, hand exactly this q over as ``Proposal.draft_probs``.
+    q is the distribution the token came from (greedy: the softmax, whose argmax it is; its maximum is the draft's
+    confidence). When sampling, hand exactly this q over as ``Proposal.draft_probs``. ``input_ids``: the tokens
+    before the drafted position (one row), so that processors that read them (repetition penalty, no-repeat
+    n-grams, ...) shape q as they shape p, which raises acceptance.
     """
-    q = draft_distribution(logits, params)
+    q = draft_distribution(logits, params, input_ids)
     if params.greedy:
         return q.argmax(dim=-1), q
     flat = q.reshape(-1, q.shape[-1])
     return sample(flat, generator).reshape(q.shape[:-1]), q
 
 
-def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution :func:`draw` picks from, without picking: the plain softmax when greedy, the warped
-    distribution when sampling (for proposers that rank candidates by it)."""
-    return logits.float().softmax(dim=-1) if params.greedy else warp_probs(logits, params)
+def draft_distribution(
+    logits: torch.Tensor, params: SamplingParams, input_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The distribution :func:`draw` picks from, without picking: the processed distribution (see
+    :func:`warp_logits`); greedy without processors, the plain softmax."""
+    if params.logits_processor is None and params.greedy:
+        return logits.float().softmax(dim=-1)
+    return warp_probs(logits, params, input_ids)
 
 
 def _valid_mask(draft: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

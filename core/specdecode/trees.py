@@ -56,6 +56,14 @@ def depths(parents: Sequence[int]) -> list[int]:
     return out
 
 
+def paths(parents: Sequence[int]) -> list[list[int]]:
+    """For every node, the nodes from the first below the last token down to it (itself included)."""
+    out: list[list[int]] = []
+    for i, p in enumerate(parents):
+        out.append((out[p] if p != ROOT else []) + [i])
+    return out
+
+
 def limit_depth(
     token_ids: list[int], parents: tuple[int, ...], max_depth: int
 ) -> tuple[list[int], tuple[int, ...]]:

@@ -30,7 +30,7 @@ from .conformance import (
     run_check,
     run_conformance,
 )
-from .models import repetitive_prompts, tiny_llama
+from .models import char_tokenizer, repetitive_prompts, tiny_llama
 from .plugins import fresh_registry, registered_plugin, run_cli
 from .probe import ContractViolation, ProposerProbe, probe
 
@@ -42,6 +42,7 @@ __all__ = [
     "ConformanceFailure",
     "ContractViolation",
     "ProposerProbe",
+    "char_tokenizer",
     "check_bad_options",
     "check_empty_proposals",
     "check_eos",

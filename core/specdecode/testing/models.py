@@ -56,3 +56,17 @@ def repetitive_prompts(vocab_size: int, count: int = 8, seed: int = 0) -> list[t
             chunk = torch.randint(0, vocab_size, (1, 3 + i % 5), generator=g)
             prompts.append(chunk.repeat(1, 3 + i % 3))
     return prompts
+
+
+def char_tokenizer(alphabet: str, *, merges: tuple[str, ...] = ()):
+    """A fast tokenizer built in memory: one token per character of ``alphabet`` (ids in that order), plus
+    merged tokens for ``merges`` (two-character strings); decoding concatenates. No files, no downloads."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    for pair in merges:
+        vocab[pair] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[(p[0], p[1]) for p in merges]))
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)

@@ -54,8 +54,11 @@ def draft_tokens(
     logits = cache.sync(context)
     tokens: list[int] = []
     probs: list[torch.Tensor] = []
+    # The target's processors that read the tokens so far (repetition penalty, ...) shape q as they shape p.
+    reads_ids = getattr(sampling.logits_processor, "reads_ids", False)
     for i in range(num_tokens):
-        token, q = draw(fit_vocab(logits.to(device), vocab_size), sampling, generator)  # [], [V]
+        ids = torch.tensor(context + tokens, device=device) if reads_ids else None
+        token, q = draw(fit_vocab(logits.to(device), vocab_size), sampling, generator, input_ids=ids)  # [], [V]
         if p_min is not None and float(q.max()) < p_min:
             break
         if sampling.do_sample:

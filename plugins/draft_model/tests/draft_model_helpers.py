@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import specdecode
 import torch
-from specdecode.testing import tiny_llama
+from specdecode.testing import char_tokenizer, tiny_llama  # noqa: F401  (char_tokenizer: re-exported for the tests)
 
 
 def prompts(vocab_size: int, count: int = 3, seed: int = 0) -> list[torch.Tensor]:
@@ -26,20 +26,6 @@ def speculative(model, prompt: torch.Tensor, max_new_tokens: int, **config) -> s
         max_new_tokens=max_new_tokens,
         tokenizer=tokenizer,
     )
-
-
-def char_tokenizer(alphabet: str, *, merges: tuple[str, ...] = ()):
-    """A fast tokenizer built in memory: one token per character of ``alphabet`` (ids in that order), plus
-    merged tokens for ``merges`` (two-character strings); decoding concatenates. No files, no downloads."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    for pair in merges:
-        vocab[pair] = len(vocab)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[(p[0], p[1]) for p in merges]))
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 
 def permuted_copy(model, permutation: torch.Tensor):

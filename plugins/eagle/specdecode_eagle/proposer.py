@@ -129,6 +129,7 @@ class EagleProposer(Proposer):
         self.committed = 0  # head positions computed from real target features (m above)
         self.next_logits: torch.Tensor | None = None  # [1, V'] draft scores of x_{m+1}
         self.next_feature: torch.Tensor | None = None  # [1, 1, H] predicted f_m
+        self._vocab_ids: torch.Tensor | None = None  # [V'] target id of each draft-vocabulary row
         self._reset()
 
     def _reset(self) -> None:
@@ -225,7 +226,7 @@ class EagleProposer(Proposer):
         probs: list[torch.Tensor] = []
         feature, logits = self.next_feature, self.next_logits
         for i in range(request.num_tokens):
-            index, q = draw(logits, request.sampling, request.generator)  # [1], [1, V']
+            token, q = self._draw(logits, request, tokens)  # [1], [1, V] or [1, V']
             # Keeping draft i is decided from q alone, never from the drawn token (see the module docstring).
             confidence = float(q.max())
             if adaptive:
@@ -236,10 +237,9 @@ class EagleProposer(Proposer):
                     self.forced = True  # d_1 does not pay, but one draft now and then keeps the calibration honest
                 plan.add(gain)
                 survive = gain
-            token = drafter.to_token_ids(index)
             tokens.append(token)
             if not request.sampling.greedy:
-                probs.append(drafter.to_full_vocab(q))
+                probs.append(q if q.shape[-1] == drafter.vocab_size else drafter.to_full_vocab(q))
             self.confidences.append(confidence)  # calibrates even with the back-off off (it may be turned on)
             if i + 1 == request.num_tokens:
                 break
@@ -323,13 +323,48 @@ class EagleProposer(Proposer):
 
         Under sampling they are q's most likely tokens, not draws: the core accepts each as a deterministic draft,
         which is lossless whatever picked them (specdecode.trees.sampled_path)."""
-        probs, index = draft_distribution(logits, request.sampling).topk(self.options.tree_width)
+        pipeline = request.sampling.logits_processor
+        if pipeline:  # the target processes its logits: rank candidates by the processed distribution over V
+            path = [tree.tokens[n] for n in [*reversed(tree.ancestors(parent)), parent]] if parent >= 0 else []
+            ids = self._prefix(request, [torch.tensor([t]) for t in path]) if pipeline.reads_ids else None
+            probs, ids_out = draft_distribution(self._full_vocab(logits), request.sampling, ids).topk(
+                self.options.tree_width
+            )
+        else:
+            probs, index = draft_distribution(logits, request.sampling).topk(self.options.tree_width)
+            ids_out = self.drafter.to_token_ids(index)
         parent_value = tree.values[parent] if parent >= 0 else 1.0
         adaptive = self.options.adaptive
         return [
             Candidate(parent_value * (self.calibration.predict(depth - 1, p) if adaptive else p), p, token, parent)
-            for p, token in zip(probs.tolist(), self.drafter.to_token_ids(index).tolist())
+            for p, token in zip(probs.tolist(), ids_out.tolist())
         ]
+
+    def _draw(self, logits: torch.Tensor, request: ProposeRequest, drafted: list[torch.Tensor]):
+        """A draft token after ``drafted`` from the head's scores [1, V'] -> (token ids [1], q). Where the target
+        processes its logits (repetition penalty, min-p, ...), the head's scores are spread over the full
+        vocabulary and processed the same way, so q resembles p (q is then over V)."""
+        pipeline = request.sampling.logits_processor
+        if not pipeline:
+            index, q = draw(logits, request.sampling, request.generator)
+            return self.drafter.to_token_ids(index), q
+        ids = self._prefix(request, drafted) if pipeline.reads_ids else None
+        return draw(self._full_vocab(logits), request.sampling, request.generator, input_ids=ids)
+
+    def _full_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., V'] draft-vocabulary scores -> [..., V], -inf for tokens the head does not score."""
+        if logits.shape[-1] == self.drafter.vocab_size:
+            return logits
+        if self._vocab_ids is None:
+            self._vocab_ids = self.drafter.to_token_ids(torch.arange(logits.shape[-1], device=logits.device))
+        full = logits.new_full((*logits.shape[:-1], self.drafter.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self._vocab_ids, logits)
+
+    @staticmethod
+    def _prefix(request: ProposeRequest, drafted: list[torch.Tensor]) -> torch.Tensor:
+        """The tokens before a draft position: the sequence so far and the drafts before it ([1] tensors)."""
+        ids = request.input_ids[0]
+        return torch.cat([ids, *(t.to(ids.device, ids.dtype).view(1) for t in drafted)])
 
     def _observe(self, index: int, confidence: float, accepted: bool) -> None:
         """One draft at position ``index`` (0-based) was reached: calibrate, and count it for train-eagle."""
