@@ -527,3 +527,108 @@ def test_smollm2_decoding_matches_hf_processor_and_parses(smol, kind, prompt):
         assert re.fullmatch(SMOL_REGEX, text)
     else:
         assert set(json.loads(text)) == {"name", "age"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through specdecode's own loop (specdecode.generate, model.generate with custom_generate)
+
+
+class _CorruptingChain:
+    """A proposer that drafts the reference, corrupted as :func:`corrupting_proposer` does (cuts and rejections)."""
+
+    def __new__(cls, prompt_length: int, reference: list[int], bad_token: int):
+        import specdecode
+
+        propose_list = corrupting_proposer(reference, bad_token)
+
+        class Chain(specdecode.Proposer):
+            def propose(self, request):
+                out = request.input_ids[0, prompt_length:].tolist()
+                drafts = propose_list(out)[: request.num_tokens]
+                return specdecode.Proposal(token_ids=torch.tensor([drafts], dtype=torch.long))
+
+        return Chain()
+
+
+@pytest.mark.parametrize("kind", ["json_schema", "regex", "grammar"])
+def test_loop_matches_hf_processor(tiny_tok, tiny_model, kind):
+    import specdecode
+
+    arg = {"json_schema": PERSON, "regex": TINY_REGEX, "grammar": TINY_EBNF}[kind]
+    c = compile_constraint(tiny_tok, vocab_size=model_vocab_size(tiny_model), **{kind: arg})
+    eos, max_new = tiny_tok.eos_token_id, 40
+    prompt = torch.tensor([[7, 12, 30, 31, 2]])
+    reference = hf_generate(tiny_model, prompt, c, max_new, eos)
+    common = dict(max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos, tokenizer=tiny_tok, **{kind: arg})
+    out = specdecode.generate(tiny_model, prompt, {"method": "ngram", "prompt_lookup_min": 1}, **common)
+    assert out.sequences[0, prompt.shape[1] :].tolist() == reference
+    bad = _ids(tiny_tok, ["{"])[0]
+    corrupted = specdecode.generate(tiny_model, prompt, None, proposer=_CorruptingChain(5, reference, bad), **common)
+    assert corrupted.sequences[0, prompt.shape[1] :].tolist() == reference
+    assert corrupted.stats.accepted > 0
+    with torch.inference_mode():  # the same through model.generate (transformers drops tokenizer=: our own name)
+        custom = tiny_model.generate(
+            prompt, custom_generate=specdecode.custom_generate, speculative_tokenizer=tiny_tok,
+            max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos, do_sample=False, **{kind: arg},
+        )
+    assert custom[0, prompt.shape[1] :].tolist() == reference
+
+
+TINY_EBNF = r'''root ::= "{" "\"name\"" ":" "\"" [a-z]+ "\"" "," "\"age\"" ":" [1-9] [0-9]? "}"'''
+
+
+def test_loop_with_trees_matches_hf_processor(tiny_tok, tiny_model):
+    """Tree drafts (nodes the grammar refuses are pruned with their subtrees) give the same tokens."""
+    import specdecode
+
+    from tests.test_trees import TreeOracle
+
+    c = compile_constraint(tiny_tok, vocab_size=model_vocab_size(tiny_model), json_schema=PERSON)
+    eos, max_new = tiny_tok.eos_token_id, 40
+    prompt = torch.tensor([[7, 12, 30, 31, 2]])
+    reference = hf_generate(tiny_model, prompt, c, max_new, eos)
+    for seed in range(3):
+        proposer = TreeOracle(prompt[0].tolist() + reference + [eos] * 8, tiny_model.config.vocab_size, seed=seed)
+        out = specdecode.generate(tiny_model, prompt, {"num_speculative_tokens": 4}, proposer=proposer,
+                                  max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos, tokenizer=tiny_tok,
+                                  json_schema=PERSON)
+        assert out.sequences[0, prompt.shape[1] :].tolist() == reference
+
+
+def test_sampled_output_parses(tiny_tok, tiny_model):
+    import specdecode
+
+    prompt = torch.tensor([[7, 12, 30, 31, 2]])
+    eos = tiny_tok.eos_token_id
+    for seed in range(6):
+        out = specdecode.generate(tiny_model, prompt, {"method": "ngram", "prompt_lookup_min": 1}, do_sample=True,
+                                  temperature=0.8, seed=seed, max_new_tokens=60, eos_token_id=eos, pad_token_id=eos,
+                                  tokenizer=tiny_tok, json_schema=PERSON)
+        ids = out.sequences[0, prompt.shape[1] :].tolist()
+        if ids[-1] == eos:  # finished within the budget: a complete object
+            value = json.loads(tiny_text(tiny_tok, ids))
+            assert set(value) == {"name", "age"}
+        else:
+            assert len(ids) == 60
+
+
+def test_constraint_needs_a_tokenizer(tiny_model):
+    import specdecode
+
+    with pytest.raises(ConfigError, match="'regex' needs the target's tokenizer"):
+        specdecode.generate(tiny_model, torch.tensor([[1, 2, 3]]), None, max_new_tokens=4, regex="[a-z]+")
+
+
+@pytest.mark.real_model
+def test_smollm2_loop_matches_hf_processor_and_parses(smol):
+    import specdecode
+    from specdecode.models import encode_prompt
+
+    model, tok = smol
+    c = compile_constraint(tok, vocab_size=model_vocab_size(model), json_schema=SMOL_SCHEMA)
+    ids = encode_prompt(tok, "Describe a person as JSON with the fields name and age.")
+    reference = hf_generate(model, ids, c, 40, tok.eos_token_id)
+    out = specdecode.generate(model, ids, {"method": "ngram"}, tokenizer=tok, json_schema=SMOL_SCHEMA,
+                              max_new_tokens=40, do_sample=False)
+    assert out.sequences[0, ids.shape[1] :].tolist() == reference
+    assert json.loads(tok.decode(reference, skip_special_tokens=True))

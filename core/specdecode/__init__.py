@@ -9,7 +9,7 @@ Methods come from plugins (``specdecode.proposers`` entry points); :func:`availa
 
 from .config import SpeculativeConfig
 from .errors import ConfigError, PluginError, SpecDecodeError, UnknownMethodError
-from .generation import GenerateOutput, build_proposer, cache_kwarg_name, generate
+from .generation import GenerateOutput, build_proposer, cache_kwarg_name, custom_generate, generate
 from .hookspecs import hookimpl, hookspec
 from .models import encode_prompt, load_model
 from .proposer import (
@@ -58,6 +58,7 @@ __all__ = [
     "available_methods",
     "build_proposer",
     "cache_kwarg_name",
+    "custom_generate",
     "encode_prompt",
     "generate",
     "get_method",

@@ -136,6 +136,7 @@ def generate(
     batch = input_ids.shape[0]
     _check_generation_kwargs(model, generation_kwargs)
     _check_sampling(model, generation_kwargs)
+    _check_cache_implementation(generation_kwargs.get("cache_implementation"))
     limits = _max_new_tokens(max_new_tokens, batch)
     if streamer is not None and batch > 1:
         raise invalid("streamer", type(streamer).__name__, "None when the batch size is above 1 (streamers take one sequence)")
@@ -246,7 +247,7 @@ def _decode(model, input_ids, attention_mask, generation_config, logits_processo
     if tokenizer is None and run.constraint:
         tokenizer = _local_tokenizer(model)
     proposer = run.proposer if run.proposer is not None else build_proposer(model, run.config)
-    pipeline = LogitsPipeline(logits_processor)
+    pipeline = LogitsPipeline(logits_processor, batch_size=batch)
     grammar = _compile_constraint(model, tokenizer, generation_config, run.constraint) if run.constraint else None
     sampling_params = SamplingParams(
         do_sample=bool(generation_config.do_sample),
@@ -262,7 +263,7 @@ def _decode(model, input_ids, attention_mask, generation_config, logits_processo
             rules=StopRules(stopping_criteria, [limits[b] for b in rows], width),
             output_scores=bool(generation_config.return_dict_in_generate and generation_config.output_scores),
             output_logits=bool(generation_config.return_dict_in_generate and generation_config.output_logits),
-            tokenizer=tokenizer, streamer=stream, generator=run.generator,
+            tokenizer=tokenizer, streamer=stream, generator=run.generator, rows=rows,
         )
 
     results: list[tuple[Result, Decoder]] = []
@@ -348,10 +349,7 @@ def _refuse_unsupported(model, generation_config, logits_processor, model_kwargs
                "attentions or hidden states to return")
     if synced_gpus or _caller_argument("synced_gpus"):
         refuse("synced_gpus", True, "False", "the loop does not keep several processes in step")
-    if gc.cache_implementation in _QUANTIZED_OR_OFFLOADED:
-        refuse("cache_implementation", gc.cache_implementation, "unset, 'dynamic', 'static', 'hybrid' or "
-               "'sliding_window'", "specdecode keeps its own cache on the model's device, which it rolls back after "
-               "rejected drafts (a quantized cache would also change the output)")
+    _check_cache_implementation(gc.cache_implementation)
     cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
     if cache is not None and _filled(cache):
         refuse("past_key_values", "a filled cache", "None", "specdecode builds the cache from the prompt itself")
@@ -359,6 +357,17 @@ def _refuse_unsupported(model, generation_config, logits_processor, model_kwargs
         if type(processor).__name__ == "UnbatchedClassifierFreeGuidanceLogitsProcessor":
             refuse("guidance_scale", gc.guidance_scale, "None or 1", "classifier-free guidance runs the model "
                    "again inside its logits processor")
+
+
+def _check_cache_implementation(value: Any) -> None:
+    if value in _QUANTIZED_OR_OFFLOADED:
+        raise ConfigError(
+            f"'cache_implementation' must be unset, 'dynamic', 'static', 'hybrid' or 'sliding_window' (got {value!r}): "
+            "specdecode keeps its own cache on the model's device, which it rolls back after rejected drafts (a "
+            "quantized cache would also change the output)",
+            field="cache_implementation",
+            value=value,
+        )
 
 
 def _filled(cache: Any) -> bool:

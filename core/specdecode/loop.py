@@ -100,6 +100,7 @@ class Settings:
     tokenizer: Any = None
     streamer: Any = None  # gets the new tokens (the caller has put the prompt)
     generator: torch.Generator | None = None
+    rows: Sequence[int] = ()  # the rows of the caller's batch this run decodes (processors index them); () = all
 
 
 @attrs.define(kw_only=True)
@@ -224,7 +225,7 @@ class Decoder:
         history = History(prompt, max(self.rules.max_new) + self.config.num_speculative_tokens + 2, self.pad)
         grammars = None if settings.grammar is None else [settings.grammar.new_state() for _ in range(batch)]
         logits = logits[:, -1]  # [B, V]
-        scores = self._process(logits.unsqueeze(1), lambda i, j: history.prefix(i, 0), self._first_masks(grammars))
+        scores = self._process(logits.unsqueeze(1), lambda i, j: (i, history.prefix(i, 0)), self._first_masks(grammars))
         last = self.pick(scores[:, 0])  # [B]
         result = Result(tokens=history.tokens, scores=[[] for _ in range(batch)] if settings.output_scores else None,
                         logits=[[] for _ in range(batch)] if settings.output_logits else None)
@@ -355,7 +356,9 @@ class Decoder:
             running = state.rows.running
             state.history.write(running, draft)
             scores = self._process(
-                logits, lambda i, j: state.history.prefix(running[i], len(state.history.tokens[running[i]]) + j), masks
+                logits,
+                lambda i, j: (running[i], state.history.prefix(running[i], len(state.history.tokens[running[i]]) + j)),
+                masks,
             )
         num_accepted, next_tokens = self.accept(scores, draft, lengths, q)  # [R], [R]
         # One host transfer per step: counts, next tokens, drafts (and draft lengths when given).
@@ -405,12 +408,12 @@ class Decoder:
             done = len(state.history.tokens[b])
             paths = trees.paths(parents)
 
-            def prefix(_i: int, j: int) -> torch.Tensor:
+            def prefix(_i: int, j: int) -> tuple[int, torch.Tensor]:
                 base = state.history.prefix(b, done)
                 if j == 0:
-                    return base
+                    return b, base
                 branch = torch.tensor([[draft[n] for n in paths[j - 1]]], dtype=torch.long, device=device)
-                return torch.cat([base, branch], dim=1)
+                return b, torch.cat([base, branch], dim=1)
 
             scores = self._process(logits, prefix, masks)
         if self.params.greedy:
@@ -430,7 +433,7 @@ class Decoder:
         tokens = [draft[i] for i in path] + [next_token]
         outputs = self._outputs(scores, logits)
         outputs = {name: None if value is None else value[:, index] for name, value in outputs.items()}
-        return dict(width=k, drafted=[max(node_depths)], tokens=[tokens], num_accepted=num_accepted,
+        return dict(width=k, drafted=[max(node_depths, default=0)], tokens=[tokens], num_accepted=num_accepted,
                     next_tokens=torch.tensor([next_token], device=device),
                     new_ids=torch.tensor([tokens], dtype=torch.long, device=device), hidden=hidden, **outputs)
 
@@ -488,17 +491,21 @@ class Decoder:
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _process(
-        self, logits: torch.Tensor, prefix: Callable[[int, int], torch.Tensor], masks: torch.Tensor | None
+        self, logits: torch.Tensor, prefix: Callable[[int, int], tuple[int, torch.Tensor]], masks: torch.Tensor | None
     ) -> torch.Tensor:
-        """[R, W, V] logits -> processed scores, position (i, j) with ``prefix(i, j)`` ([1, T]) and ``masks[i, j]``
-        (a grammar's allowed tokens); the logits themselves when nothing processes them."""
+        """[R, W, V] logits -> processed scores, position (i, j) with ``prefix(i, j)`` (its sequence b and [1, T])
+        and ``masks[i, j]`` (a grammar's allowed tokens); the logits themselves when nothing processes them."""
         if not self.processing:
             return logits
         rows, width, vocab = logits.shape
         flat_masks = None if masks is None else masks.reshape(rows * width, vocab)
-        scores = self.settings.pipeline(
-            logits.reshape(rows * width, vocab), lambda n: prefix(n // width, n % width), flat_masks
-        )
+        caller_rows = self.settings.rows
+
+        def position(n: int) -> tuple[int, torch.Tensor]:
+            b, ids = prefix(n // width, n % width)
+            return (caller_rows[b] if caller_rows else b), ids
+
+        scores = self.settings.pipeline(logits.reshape(rows * width, vocab), position, flat_masks)
         return scores.view(rows, width, vocab)
 
     def _outputs(self, scores: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -53,11 +53,15 @@ class LogitsPipeline:
     """A processor list, ready to score many positions at once. ``mask_at`` is where a grammar mask goes.
 
     Call it with logits ``[N, V]`` (any float dtype; processed in float32, as plain generate does), a function
-    giving the prefix ``[1, T]`` of position n, and an optional mask ``[N, V]`` (True = allowed) -> scores [N, V].
+    giving position n's batch row b and prefix ``[1, T]``, and an optional mask ``[N, V]`` (True = allowed) ->
+    scores [N, V]. Processors may keep per-row state for the ``batch_size`` rows they were built for (transformers'
+    repetition penalty skips each row's left padding), so a position is processed as row b of a batch of that size
+    (the other rows copies, thrown away).
     """
 
-    def __init__(self, processors: Sequence[Any]):
+    def __init__(self, processors: Sequence[Any], batch_size: int = 1):
         self.processors = list(processors)
+        self.batch_size = batch_size
         self.mask_at = next(
             (i for i, p in enumerate(self.processors) if type(p).__name__ in _AFTER_USER), len(self.processors)
         )
@@ -72,7 +76,7 @@ class LogitsPipeline:
     def __call__(
         self,
         logits: torch.Tensor,
-        prefix: Callable[[int], torch.Tensor] | None,
+        prefix: Callable[[int], tuple[int, torch.Tensor]] | None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         scores = logits.to(dtype=torch.float32, copy=True)
@@ -83,8 +87,7 @@ class LogitsPipeline:
             scores = self._run(stage, scores, prefix)
         return scores
 
-    @staticmethod
-    def _run(processors: list[Any], scores: torch.Tensor, prefix: Callable[[int], torch.Tensor] | None):
+    def _run(self, processors: list[Any], scores: torch.Tensor, prefix: Callable[[int], tuple[int, torch.Tensor]] | None):
         i = 0
         while i < len(processors):
             j = i
@@ -95,13 +98,17 @@ class LogitsPipeline:
             if not needs:
                 for processor in run:
                     scores = processor(None, scores)
-            elif prefix is not None:  # one position at a time, each with its own prefix
+            elif prefix is not None:  # one position at a time, each with its own prefix, as row b of the batch
                 rows = []
                 for n in range(scores.shape[0]):
-                    ids, row = prefix(n), scores[n : n + 1]
+                    b, ids = prefix(n)
+                    row = scores[n : n + 1]
+                    if self.batch_size > 1:
+                        ids = ids.expand(self.batch_size, -1)
+                        row = row.expand(self.batch_size, -1).clone()
                     for processor in run:
                         row = processor(ids, row)
-                    rows.append(row)
+                    rows.append(row[b : b + 1] if self.batch_size > 1 else row)
                 scores = torch.cat(rows)
             i = j
         return scores

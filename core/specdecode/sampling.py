@@ -30,7 +30,7 @@ def warp_logits(
             if flat.shape[0] != 1:
                 raise ValueError(f"input_ids give the prefix of one row; got logits of shape {tuple(logits.shape)}")
             ids = input_ids.reshape(1, -1).to(device=logits.device, dtype=torch.long)
-            prefix = lambda _n: ids  # noqa: E731
+            prefix = lambda _n: (0, ids)  # noqa: E731  (row 0's per-row processor state; only shapes q)
         return params.logits_processor(flat, prefix).reshape(logits.shape)
     logits = logits.float()
     if params.temperature != 1.0:

@@ -50,30 +50,49 @@ def _plain_generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int, eo
 
 
 def hf_warpers(sampling: Mapping[str, Any]) -> list:
-    """transformers' warpers for ``temperature`` / ``top_k`` / ``top_p``, in the order ``generate`` applies them."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    """transformers' processors for ``sampling`` (``repetition_penalty``, ``no_repeat_ngram_size``, the user's
+    ``logits_processor``, then the warpers ``temperature`` / ``top_k`` / ``top_p`` / ``min_p``), built from its
+    classes in the order ``generate`` applies them, so the reference never shares code with specdecode."""
+    from transformers import (
+        MinPLogitsWarper,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    warpers: list = []
+    processors: list = []
+    if sampling.get("repetition_penalty") not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=float(sampling["repetition_penalty"])))
+    if sampling.get("no_repeat_ngram_size"):
+        processors.append(NoRepeatNGramLogitsProcessor(int(sampling["no_repeat_ngram_size"])))
+    processors += list(sampling.get("logits_processor") or [])
     temperature = float(sampling.get("temperature", 1.0))
     if temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(temperature))
+        processors.append(TemperatureLogitsWarper(temperature))
     if sampling.get("top_k"):
-        warpers.append(TopKLogitsWarper(int(sampling["top_k"])))
+        processors.append(TopKLogitsWarper(int(sampling["top_k"])))
     if sampling.get("top_p") is not None and float(sampling["top_p"]) < 1.0:
-        warpers.append(TopPLogitsWarper(float(sampling["top_p"])))
-    return warpers
+        processors.append(TopPLogitsWarper(float(sampling["top_p"])))
+    if sampling.get("min_p") is not None:
+        processors.append(MinPLogitsWarper(float(sampling["min_p"])))
+    return processors
 
 
 def target_probs(model: Any, input_ids: torch.Tensor, sampling: Mapping[str, Any]) -> torch.Tensor:
-    """The target's warped next-token distribution after every position: ``[B, T]`` ids -> ``[B, T, V]``."""
+    """The target's processed next-token distribution after every position: ``[B, T]`` ids -> ``[B, T, V]``.
+    Position t is processed with the tokens up to it, as plain generate processes the token it picks there."""
     with torch.inference_mode():
         logits = model(input_ids=input_ids).logits.float()  # [B, T, V]
-    batch, length, vocab = logits.shape
-    flat = logits.reshape(batch * length, vocab)
-    context = input_ids.reshape(batch * length, 1)  # the warpers used here ignore input_ids; shape only
-    for warp in hf_warpers(sampling):
-        flat = warp(context, flat)
-    return flat.softmax(dim=-1).reshape(batch, length, vocab)
+    processors = hf_warpers(sampling)
+    columns = []
+    for t in range(logits.shape[1]):
+        scores = logits[:, t]
+        for processor in processors:
+            scores = processor(input_ids[:, : t + 1], scores)
+        columns.append(scores.softmax(dim=-1))
+    return torch.stack(columns, dim=1)
 
 
 def exact_continuations(
