@@ -149,6 +149,11 @@ def test_prompt_file(tiny_dir, tmp_path, capsys):
         (["generate", "--max-new-tokens", "0", "w1"], "'max_new_tokens' must be an integer >= 1"),
         (["generate", "   "], "'prompt' must be non-empty"),
         (["generate"], "no prompt"),
+        (["generate", "--json-schema", "/no/such/schema.json", "w1"], "--json-schema: the file '/no/such/schema.json' does not exist"),
+        (["generate", "--regex", "[a-z]", "--grammar", "g.ebnf", "w1"], "give one of --json-schema, --regex and --grammar"),
+        (["generate", "--logprobs", "0", "w1"], "'logprobs' must be an integer >= 1 \\(got 0\\)"),
+        (["generate", "--generation-option", "penalty", "w1"], "'--generation-option' must be KEY=VALUE"),
+        (["generate", "--generation-option", "seed=3", "w1"], "--generation-option sets 'seed', which a flag of its own"),
     ],
 )
 def test_bad_generate_input_exits_2(argv, message, capsys):
@@ -337,3 +342,25 @@ def test_bench_rejects_variants_that_would_share_a_row():
     prompt = bench.PromptRecord(id="1", category="c", text="w1")
     with pytest.raises(specdecode.ConfigError, match="bench variants must differ"):
         bench.run_bench(None, None, [prompt], [variant, variant])
+
+
+def test_json_schema_file_must_be_json(tmp_path, capsys):
+    path = tmp_path / "schema.json"
+    path.write_text("{not json")
+    assert main(["generate", "--json-schema", str(path), "w1"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("specdecode: error: --json-schema: ") and "is not valid JSON" in line
+
+
+def test_logprobs_lines_list_the_token_and_its_alternatives():
+    import torch
+    from specdecode.cli import format_logprobs
+    from specdecode.testing import char_tokenizer
+
+    tokenizer = char_tokenizer("abc")
+    scores = [torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 5.0]])]
+    lines = format_logprobs(tokenizer, [0, 2], scores, top=2).splitlines()
+    assert len(lines) == 2
+    first = torch.tensor([2.0, 1.0, 0.0]).log_softmax(-1)
+    assert "'a'" in lines[0] and f"{float(first[0]):8.3f}" in lines[0] and "'b'" in lines[0].split("|")[1]
+    assert lines[1].split("|")[1].strip().startswith("'c'")

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,20 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, help="keep the k most likely tokens when sampling")
     group.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
     group.add_argument("--seed", type=int, help="seed for sampling")
+    group.add_argument(
+        "--generation-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting of transformers' generate / GenerationConfig, e.g. repetition_penalty=1.2 (VALUE parsed as "
+        "JSON when it can be); repeatable",
+    )
+    group.add_argument("--logprobs", type=int, metavar="N", help="after the text, each token's log-probability and "
+                       "the N most likely tokens at its position")
+    structured = parser.add_argument_group("structured output (needs xgrammar: pip install 'specdecode[grammar]')")
+    structured.add_argument("--json-schema", metavar="FILE", help="the output must be JSON that follows this schema")
+    structured.add_argument("--regex", metavar="PATTERN", help="the output must match this regular expression")
+    structured.add_argument("--grammar", metavar="FILE", help="the output must follow this EBNF grammar (GBNF style)")
 
 
 def _add_prompt_set_flags(parser: argparse.ArgumentParser, default_limit: int | None) -> None:
@@ -220,12 +235,12 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def parse_method_options(items: list[str]) -> dict[str, Any]:
+def parse_method_options(items: list[str], flag: str = "--method-option") -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise invalid("--method-option", item, "KEY=VALUE")
+            raise invalid(flag, item, "KEY=VALUE")
         try:
             options[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -333,12 +348,63 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _structured_output(args: argparse.Namespace) -> dict[str, Any]:
+    """--json-schema FILE / --regex PATTERN / --grammar FILE as generate()'s keyword (at most one)."""
+    given = [(flag, value) for flag, value in (("--json-schema", args.json_schema), ("--regex", args.regex),
+                                               ("--grammar", args.grammar)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of --json-schema, --regex and --grammar (got {', '.join(f for f, _ in given)})",
+                          field=given[1][0], value=given[1][1])
+    if not given:
+        return {}
+    flag, value = given[0]
+    if flag == "--regex":
+        return {"regex": value}
+    text = _read_file(flag, value)
+    if flag == "--grammar":
+        return {"grammar": text}
+    try:
+        return {"json_schema": json.loads(text)}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--json-schema: {value!r} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                          f"{exc.colno}", field="--json-schema", value=value) from None
+
+
+def _read_file(flag: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: the file {path!r} does not exist", field=flag, value=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{flag}: cannot read {path!r}: {exc}", field=flag, value=path) from None
+
+
+def format_logprobs(tokenizer: Any, tokens: list[int], scores: Sequence[Any], top: int) -> str:
+    """One line per generated token: its text, its log-probability under the target's processed distribution
+    (what it was picked from), and the ``top`` most likely tokens there."""
+    lines = []
+    for position, (token, row) in enumerate(zip(tokens, scores)):
+        logprobs = row.reshape(-1, row.shape[-1])[0].float().log_softmax(dim=-1)  # [V] (the first sequence)
+        values, ids = logprobs.topk(min(top, logprobs.shape[-1]))
+        alternatives = "  ".join(f"{tokenizer.decode([i])!r} {v:.3f}" for v, i in zip(values.tolist(), ids.tolist()))
+        lines.append(f"{position:4d}  {tokenizer.decode([token])!r:>14}  {float(logprobs[token]):8.3f}  | {alternatives}")
+    return "\n".join(lines)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked first: bad input fails fast.
     prompt = read_prompt(args)
     config = build_config(args, method=args.method, k=args.num_speculative_tokens)
     _check_positive("max_new_tokens", args.max_new_tokens)
+    _check_positive("logprobs", args.logprobs)
     sampling = _sampling_kwargs(args)
+    options = parse_method_options(args.generation_option, "--generation-option")
+    clash = sorted(k for k in options if sampling.get(k) is not None or k in ("max_new_tokens", "seed"))
+    if clash:
+        raise ConfigError(f"--generation-option sets {clash[0]!r}, which a flag of its own sets; use the flag",
+                          field="--generation-option", value=clash[0])
+    sampling = {k: v for k, v in sampling.items() if k not in options}
+    structured = _structured_output(args)
 
     from transformers import TextStreamer
 
@@ -349,10 +415,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     input_ids = encode_prompt(tokenizer, prompt, chat=not args.no_chat_template)
     max_new = fit_to_context(model, input_ids.shape[1], args.max_new_tokens)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    scores = {"return_dict_in_generate": True, "output_scores": True} if args.logprobs else {}
     out = generate(
-        model, input_ids, config, max_new_tokens=max_new, tokenizer=tokenizer, streamer=streamer, **sampling
+        model, input_ids, config, max_new_tokens=max_new, tokenizer=tokenizer, streamer=streamer,
+        **sampling, **options, **structured, **scores,
     )
     sys.stdout.flush()
+    if args.logprobs:
+        print(f"\nlog-probabilities (top {args.logprobs} at each position):")
+        print(format_logprobs(tokenizer, out.sequences[0, input_ids.shape[1] :].tolist(), out.scores, args.logprobs))
     print(f"[{config.method} K={config.num_speculative_tokens}] {out.stats.summary()}", file=sys.stderr)
     return 0
 

@@ -136,7 +136,7 @@ def generate(
     batch = input_ids.shape[0]
     _check_generation_kwargs(model, generation_kwargs)
     _check_sampling(model, generation_kwargs)
-    _check_cache_implementation(generation_kwargs.get("cache_implementation"))
+    _refuse_modes(model, _requested(model, generation_kwargs))
     limits = _max_new_tokens(max_new_tokens, batch)
     if streamer is not None and batch > 1:
         raise invalid("streamer", type(streamer).__name__, "None when the batch size is above 1 (streamers take one sequence)")
@@ -315,7 +315,29 @@ _QUANTIZED_OR_OFFLOADED = ("quantized", "offloaded", "offloaded_static", "offloa
 
 def _refuse_unsupported(model, generation_config, logits_processor, model_kwargs, synced_gpus) -> None:
     """Refuse, naming the argument and why, every setting this loop would otherwise ignore or get wrong."""
+    _refuse_modes(model, generation_config)
     gc = generation_config
+
+    def refuse(field: str, value: Any, allowed: str, why: str) -> None:
+        raise ConfigError(f"'{field}' must be {allowed} (got {value!r}): {why}", field=field, value=value)
+
+    if _caller_argument("assistant_model") is not None:
+        refuse("assistant_model", "a model", "None", "that is transformers' own assisted decoding; give the "
+               "draft as speculative_config={'method': 'draft_model', 'draft_model': ...}")
+    if synced_gpus or _caller_argument("synced_gpus"):
+        refuse("synced_gpus", True, "False", "the loop does not keep several processes in step")
+    cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+    if cache is not None and _filled(cache):
+        refuse("past_key_values", "a filled cache", "None", "specdecode builds the cache from the prompt itself")
+    for processor in logits_processor:
+        if type(processor).__name__ == "UnbatchedClassifierFreeGuidanceLogitsProcessor":
+            refuse("guidance_scale", gc.guidance_scale, "None or 1", "classifier-free guidance runs the model "
+                   "again inside its logits processor")
+
+
+def _refuse_modes(model: Any, gc: Any) -> None:
+    """The generation modes that cannot be speculative, from generation settings ``gc`` (anything with the
+    GenerationConfig attributes: transformers' prepared config, or the arguments of a call over the model's)."""
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         raise ConfigError(
@@ -340,23 +362,14 @@ def _refuse_unsupported(model, generation_config, logits_processor, model_kwargs
     if gc.prompt_lookup_num_tokens is not None:
         refuse("prompt_lookup_num_tokens", gc.prompt_lookup_num_tokens, "None", "that is transformers' own prompt "
                "lookup; speculation here is specdecode's (speculative_config={'method': 'ngram', ...})")
-    if _caller_argument("assistant_model") is not None or getattr(gc, "assistant_early_exit", None) is not None:
-        refuse("assistant_model", "a model", "None", "that is transformers' own assisted decoding; give the "
-               "draft as speculative_config={'method': 'draft_model', 'draft_model': ...}")
+    if getattr(gc, "assistant_early_exit", None) is not None:
+        refuse("assistant_early_exit", gc.assistant_early_exit, "None", "that is transformers' own "
+               "self-speculation; use speculative_config={'method': 'layer_skip'}")
     if gc.return_dict_in_generate and (gc.output_attentions or gc.output_hidden_states):
         what = "output_attentions" if gc.output_attentions else "output_hidden_states"
         refuse(what, True, "False", "a verify pass reads several tokens at once, so there are no per-step "
                "attentions or hidden states to return")
-    if synced_gpus or _caller_argument("synced_gpus"):
-        refuse("synced_gpus", True, "False", "the loop does not keep several processes in step")
     _check_cache_implementation(gc.cache_implementation)
-    cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
-    if cache is not None and _filled(cache):
-        refuse("past_key_values", "a filled cache", "None", "specdecode builds the cache from the prompt itself")
-    for processor in logits_processor:
-        if type(processor).__name__ == "UnbatchedClassifierFreeGuidanceLogitsProcessor":
-            refuse("guidance_scale", gc.guidance_scale, "None or 1", "classifier-free guidance runs the model "
-                   "again inside its logits processor")
 
 
 def _check_cache_implementation(value: Any) -> None:
@@ -455,6 +468,19 @@ def _check_generation_kwargs(model: Any, kwargs: dict[str, Any]) -> None:
                 field=key,
                 value=value,
             )
+
+
+def _requested(model: Any, kwargs: dict[str, Any]) -> Any:
+    """The generation settings a call asks for (its arguments over its generation_config or the model's), before
+    transformers prepares them: transformers acts on some (beams expand the batch) before the loop could refuse."""
+    from transformers import GenerationConfig
+
+    base = kwargs.get("generation_config") or getattr(model, "generation_config", None) or GenerationConfig()
+    settings = GenerationConfig.from_dict(base.to_dict())
+    for key, value in kwargs.items():
+        if hasattr(settings, key) and key != "generation_config":
+            setattr(settings, key, value)
+    return settings
 
 
 def _check_sampling(model: Any, kwargs: dict[str, Any]) -> None:
