@@ -497,6 +497,7 @@ class Decoder:
         and ``masks[i, j]`` (a grammar's allowed tokens); the logits themselves when nothing processes them."""
         if not self.processing:
             return logits
+        start = time.perf_counter()
         rows, width, vocab = logits.shape
         flat_masks = None if masks is None else masks.reshape(rows * width, vocab)
         caller_rows = self.settings.rows
@@ -506,6 +507,7 @@ class Decoder:
             return (caller_rows[b] if caller_rows else b), ids
 
         scores = self.settings.pipeline(logits.reshape(rows * width, vocab), position, flat_masks)
+        self.stats.time_processing += time.perf_counter() - start
         return scores.view(rows, width, vocab)
 
     def _outputs(self, scores: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor | None]:

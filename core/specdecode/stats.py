@@ -32,6 +32,7 @@ class GenerationStats:
     num_sequences: int = 1
     time_proposer: float = 0.0  # seconds in propose() and on_verified()
     time_target: float = 0.0  # seconds in the target's forward passes
+    time_processing: float = 0.0  # seconds in logits processors (and a grammar's masks) at the verify positions
     time_total: float = 0.0
     prompt_tokens: int = 0
 
