@@ -43,9 +43,9 @@ def spec_bench(per_category: int) -> list[tuple[str, str]]:
     return [(c, p) for c in CATEGORIES for p in out[c]]
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -79,10 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, (category, text) in enumerate(spec_bench(args.per_category)):
             inputs = encode(text)
             with torch.inference_mode():
-                plain, t_plain = timed(lambda: model.generate(**inputs, **penalty))
-                out, t_spec = timed(lambda: model.generate(
-                    **inputs, custom_generate=specdecode.custom_generate, speculative_config=config,
-                    return_dict_in_generate=True, **penalty))
+                plain, t_plain = timed(model.generate, **inputs, **penalty)
+                out, t_spec = timed(model.generate, **inputs, custom_generate=specdecode.custom_generate,
+                                    speculative_config=config, return_dict_in_generate=True, **penalty)
             stats = out.speculative_stats
             rows.append({"category": category, "speedup": t_plain / t_spec, "identical": torch.equal(out.sequences, plain),
                          "processing": stats.time_processing / stats.time_total, "mal": stats.mean_acceptance_length})
@@ -106,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             constraint = compile_constraint(tokenizer, vocab_size=model_vocab_size(model), json_schema=task["schema"])
             settings = {"do_sample": False, "max_new_tokens": n}
             with torch.inference_mode():
-                plain, t_plain = timed(lambda: model.generate(
-                    **inputs, logits_processor=[constraint.hf_logits_processor()], **settings))
-                spec, t_spec = timed(lambda: specdecode.generate(
-                    model, inputs, config, tokenizer=tokenizer, json_schema=task["schema"], **settings))
+                plain, t_plain = timed(model.generate, **inputs, logits_processor=[constraint.hf_logits_processor()],
+                                       **settings)
+                spec, t_spec = timed(specdecode.generate, model, inputs, config, tokenizer=tokenizer,
+                                     json_schema=task["schema"], **settings)
             text = tokenizer.decode(spec.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             try:
                 json.loads(text)
@@ -133,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         for _, text in spec_bench(1):
             inputs = encode(text)
             with torch.inference_mode():
-                direct = statistics.median(timed(lambda: specdecode.generate(model, inputs, config, **settings))[1]
+                direct = statistics.median(timed(specdecode.generate, model, inputs, config, **settings)[1]
                                            for _ in range(3))
-                custom = statistics.median(timed(lambda: model.generate(
-                    **inputs, custom_generate=specdecode.custom_generate, speculative_config=config, **settings))[1]
-                    for _ in range(3))
+                custom = statistics.median(timed(model.generate, **inputs, custom_generate=specdecode.custom_generate,
+                                                 speculative_config=config, **settings)[1] for _ in range(3))
             ratios.append(custom / direct)
         print(f"\n3. model.generate(custom_generate=...) / specdecode.generate, same prompts (median of 3 each): "
               f"median {statistics.median(ratios):.3f} over {len(ratios)} prompts")
