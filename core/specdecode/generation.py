@@ -236,7 +236,9 @@ def _decode(model, input_ids, attention_mask, generation_config, logits_processo
             run: _Run) -> GenerateOutput:
     """The loop over prepared inputs: one Decoder over the batch, or one per sequence."""
     batch, width = input_ids.shape
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(torch.long)
+    device = model.get_input_embeddings().weight.device  # inputs on another device (the CPU) join the model
+    input_ids = input_ids.to(device)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device, torch.long)
     check_left_padded(mask)
     max_length = generation_config.max_length
     limits = [max_length - width] * batch if run.max_new is None else [

@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..generation import GenerateOutput, build_proposer, generate, select_hidden_states
 from ..proposer import Proposal, ProposeRequest, StartContext
 from ..registry import get_method
-from .models import repetitive_prompts, tiny_llama
+from .models import repetitive_prompts, testing_device, tiny_llama
 from .probe import ProbeLog, probe
 from .reference import exact_continuations, plain_greedy, target_probs
 
@@ -110,7 +110,7 @@ def as_case(case: ConformanceCase | str) -> ConformanceCase:
 
 @functools.lru_cache(maxsize=16)
 def _cached_model(factory: Callable[..., Any], vocab_size: int, seed: int) -> Any:
-    return factory(vocab_size=vocab_size, seed=seed)
+    return factory(vocab_size=vocab_size, seed=seed).to(testing_device())
 
 
 @attrs.frozen
@@ -200,7 +200,7 @@ def _expect_equal(case: ConformanceCase, check: str, expected: torch.Tensor, run
 
 
 def _prompts(case: ConformanceCase, count: int, salt: int = 0) -> list[torch.Tensor]:
-    return repetitive_prompts(case.vocab_size, count=count, seed=case.seed + salt)
+    return [p.to(testing_device()) for p in repetitive_prompts(case.vocab_size, count=count, seed=case.seed + salt)]
 
 
 def _totals(runs: Sequence[_Run]) -> tuple[int, int, int]:
@@ -458,7 +458,7 @@ def check_sampling_distribution(
     case = as_case(case)
     model = case.model(case.sampling_vocab_size)
     config = case.speculative_config(model, num_speculative_tokens=k)
-    prompt = repetitive_prompts(case.sampling_vocab_size, count=1, seed=case.seed)[0]
+    prompt = repetitive_prompts(case.sampling_vocab_size, count=1, seed=case.seed)[0].to(testing_device())
     lines = [_first_tokens_test(case, model, config, prompt, settings[0], draws, num_tokens, null_replicates)]
     for setting in settings:
         lines.append(_long_run_test(case, model, config, setting, long_runs, long_tokens, z_limit))
@@ -527,6 +527,7 @@ def _long_run_test(case, model, config, setting, runs, tokens, z_limit) -> str:
     #   prob: p_t(x_t)               has mean sum(p_t^2)      and variance sum(p_t^3) - (sum p_t^2)^2
     sums = {"top": [0.0, 0.0], "prob": [0.0, 0.0]}  # name -> [sum of (observed - mean), sum of variances]
     for r, prompt in enumerate(repetitive_prompts(case.sampling_vocab_size, count=runs, seed=case.seed + 5)):
+        prompt = prompt.to(testing_device())
         run = _speculate(
             model, prompt, config, max_new_tokens=tokens, do_sample=True, seed=10_000 + r, **setting
         )
@@ -561,7 +562,7 @@ def check_seeded_reproducibility(
     case = as_case(case)
     model = case.model(case.sampling_vocab_size)
     config = case.speculative_config(model, num_speculative_tokens=k)
-    prompt = repetitive_prompts(case.sampling_vocab_size, count=1, seed=case.seed)[0]
+    prompt = repetitive_prompts(case.sampling_vocab_size, count=1, seed=case.seed)[0].to(testing_device())
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.5, seed=7)
     runs = []
     for global_seed in (1, 2):  # a proposer drawing from the global RNG would see different numbers

@@ -7,6 +7,22 @@ from typing import Any
 import torch
 
 
+def testing_device() -> torch.device:
+    """Where the conformance kit and the architecture matrix put their tiny models: ``$SPECDECODE_TEST_DEVICE``
+    (e.g. ``cuda``; scripts/gpu_check.sh sets it), else the CPU."""
+    import os
+
+    return torch.device(os.environ.get("SPECDECODE_TEST_DEVICE", "cpu"))
+
+
+def testing_dtype() -> torch.dtype:
+    """The dtype of the architecture matrix's models: ``$SPECDECODE_TEST_DTYPE`` (``bfloat16``, ``float16``),
+    else float32."""
+    import os
+
+    return getattr(torch, os.environ.get("SPECDECODE_TEST_DTYPE", "float32"))
+
+
 def tiny_llama(
     vocab_size: int = 64,
     hidden_size: int = 32,

@@ -107,7 +107,8 @@ def exact_continuations(
     prefixes: list[tuple[int, ...]] = [()]
     prob_of = {(): 1.0}
     for _ in range(num_tokens):
-        batch = torch.tensor([list(prompt[0].tolist()) + list(p) for p in prefixes], dtype=torch.long)
+        batch = torch.tensor([list(prompt[0].tolist()) + list(p) for p in prefixes], dtype=torch.long,
+                             device=prompt.device)
         next_probs = target_probs(model, batch, sampling)[:, -1].double()  # [len(prefixes), V]
         grown = []
         for row, prefix in enumerate(prefixes):
