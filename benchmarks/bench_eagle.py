@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_eagle.py                      # small default: 2 prompts per category, 64 tokens
     .venv/bin/python benchmarks/bench_eagle.py --per-category 10 --max-new-tokens 128 --json out.json
+    .venv/bin/python benchmarks/bench_eagle.py --method eagle3 [--head DIR]    # an EAGLE-3 head (speculators format)
 
 Prompts: Spec-Bench questions with question_id % 4 == 0 (never used to train the shipped head; see
 specdecode_eagle/data.py), first turn, in the chat template, the first N of each of the six categories
@@ -37,7 +38,7 @@ import specdecode
 import torch
 from specdecode.kernels import backend, few_rows_linear
 from specdecode.models import load_model
-from specdecode_eagle import load_drafter
+from specdecode_eagle import load_drafter, load_eagle3_drafter
 from specdecode_eagle.data import CATEGORIES, chat_prompt, load_questions, split
 
 
@@ -63,7 +64,9 @@ def draft_step_cost(model, drafter, prompt: torch.Tensor, repeats: int) -> dict[
     with torch.inference_mode(), few_rows_linear(model, drafter.head):  # the kernel specdecode's loop runs on
         cache = DynamicCache(config=model.config)
         out = model(input_ids=prompt, cache=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        hidden = out.hidden_states[-1]
+        layers = drafter.hidden_state_layers  # EAGLE-3: its aux layers; EAGLE-1/2: the last one
+        states = out.hidden_states[-1] if layers is None else torch.cat([out.hidden_states[i] for i in layers], -1)
+        hidden = drafter.fuse_target_states(states)
         head_cache = drafter.new_cache()
         drafter.features(hidden[:, :-1], prompt[:, 1:], 0, head_cache)
         token = prompt[:, -1:]
@@ -83,7 +86,9 @@ def draft_step_cost(model, drafter, prompt: torch.Tensor, repeats: int) -> dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--head", default=None, help="head directory (default: the shipped head)")
+    parser.add_argument("--method", default="eagle", choices=("eagle", "eagle3"),
+                        help="eagle (EAGLE-1/2 head) or eagle3 (EAGLE-3 head, speculators format)")
+    parser.add_argument("--head", default=None, help="head directory (default: the method's shipped head)")
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--ks", default="3,5,7", help="comma-separated speculation depths")
@@ -111,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     categories = [c for c in args.categories.split(",") if c]
 
     model, tokenizer = load_model(args.model)
-    drafter = load_drafter(model, args.head)
+    drafter = (load_eagle3_drafter if args.method == "eagle3" else load_drafter)(model, args.head)
     prompts = held_out_prompts(tokenizer, args.per_category, categories, args.questions)
-    print(f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens, {[label(k) for k in ks]}, "
+    print(f"{args.method} head {args.head or '(shipped)'}: {len(prompts)} held-out prompts, "
+          f"{args.max_new_tokens} new tokens, {[label(k) for k in ks]}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
 
     # Warm-up so the first timed run does not pay for lazy initialisation.
     warm = prompts[0][1]
     model.generate(warm, max_new_tokens=4, do_sample=False)
     options = {"adaptive": args.backoff, "tree_nodes": args.tree_nodes}
-    warm_config = {"method": "eagle", "method_options": options, **({"model": args.head} if args.head else {})}
+    warm_config = {"method": args.method, "method_options": options, **({"model": args.head} if args.head else {})}
     specdecode.generate(model, warm, warm_config, max_new_tokens=4, do_sample=False)
 
     rows = {c: {"plain_s": 0.0, "plain_k_s": 0.0, "tokens": 0, **{k: {"s": 0.0, "stats": None} for k in ks}} for c in categories}
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, seconds = timed(lambda ids=ids: plain_generate(ids))
             row["plain_k_s"] += seconds
         for k in ks:
-            config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=k[0], draft_model=args.head,
+            config = specdecode.SpeculativeConfig(method=args.method, num_speculative_tokens=k[0], draft_model=args.head,
                                                   method_options={**options, "tree_width": k[1]})
             out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
                 model, ids, config, max_new_tokens=args.max_new_tokens, **sampling,

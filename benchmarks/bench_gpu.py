@@ -19,21 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+import spec_bench
 import specdecode
 import torch
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
-CATEGORIES = ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
-
 
 def held_out(per_category: int) -> list[str]:
-    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
-    for line in SPEC_BENCH.read_text().splitlines():
-        item = json.loads(line)
-        category = "mt_bench" if 81 <= item["question_id"] <= 160 else item["category"]
-        if item["question_id"] % 4 == 0 and len(out[category]) < per_category:
-            out[category].append(item["turns"][0])
-    return [p for c in CATEGORIES for p in out[c]]
+    return [text for _, text in spec_bench.load(per_category, held_out=True)]
 
 
 def variants() -> dict[str, dict]:

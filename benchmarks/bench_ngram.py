@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import spec_bench
 import specdecode
 import torch
 from specdecode.kernels import backend, few_rows_linear
@@ -35,15 +36,7 @@ HF_SETTINGS = [(k, n) for k in (3, 5, 10) for n in (2, 3)]
 
 
 def load_prompts(path: Path, per_category: int, categories: list[str]) -> list[tuple[str, str]]:
-    out: dict[str, list[str]] = {c: [] for c in categories}
-    with open(path) as fh:
-        for line in fh:
-            item = json.loads(line)
-            # Spec-Bench's mt_bench questions carry their MT-bench sub-category (writing, roleplay, ...).
-            category = "mt_bench" if 81 <= item["question_id"] <= 160 else item["category"]
-            if category in out and len(out[category]) < per_category:
-                out[category].append(item["turns"][0])
-    return [(c, p) for c in categories for p in out[c]]
+    return spec_bench.load(per_category, categories, path=path)
 
 
 def timed(fn, *args, **kwargs):

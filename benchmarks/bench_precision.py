@@ -17,27 +17,17 @@ turns, ``--per-category`` per category, ``--max-new-tokens`` tokens, greedy):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-from pathlib import Path
 
+import spec_bench
 import specdecode
 import torch
 from specdecode.toolkit import left_pad
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
-CATEGORIES = ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
-
 
 def prompts(per_category: int) -> list[str]:
-    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
-    for line in SPEC_BENCH.read_text().splitlines():
-        item = json.loads(line)
-        category = "mt_bench" if 81 <= item["question_id"] <= 160 else item["category"]
-        if len(out[category]) < per_category:
-            out[category].append(item["turns"][0])
-    return [p for c in CATEGORIES for p in out[c]]
+    return [text for _, text in spec_bench.load(per_category)]
 
 
 def first_diff(a: list[int], b: list[int]) -> int | None:

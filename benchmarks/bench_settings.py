@@ -25,22 +25,12 @@ from pathlib import Path
 
 import specdecode
 import torch
+from spec_bench import CATEGORIES
+from spec_bench import load as spec_bench
 from specdecode.grammar import compile_constraint, model_vocab_size
 from specdecode.models import load_model
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
 JSON_TASKS = Path(__file__).resolve().parent / "data" / "json_extraction.jsonl"
-CATEGORIES = ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
-
-
-def spec_bench(per_category: int) -> list[tuple[str, str]]:
-    out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
-    for line in SPEC_BENCH.read_text().splitlines():
-        item = json.loads(line)
-        category = "mt_bench" if 81 <= item["question_id"] <= 160 else item["category"]
-        if len(out[category]) < per_category:
-            out[category].append(item["turns"][0])
-    return [(c, p) for c in CATEGORIES for p in out[c]]
 
 
 def timed(fn, *args, **kwargs):
