@@ -312,3 +312,14 @@ def test_identical_to_plain_generate_or_refused(arch: str, mode: str) -> None:
 def test_expected_refusals_name_real_cells() -> None:
     modes = set(MODES)
     assert all(arch in SPECS and mode in modes for arch, mode in EXPECTED_REFUSALS)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3", "gpt2", "bloom"])
+def test_rejection_sampling_keeps_the_distribution(arch):
+    """Sampled output follows the target's exact distribution (enumerated with transformers' warpers) within the
+    noise of plain sampling, on a sliding-window model, Gemma 3, a learned-position model and an ALiBi model."""
+    from specdecode.testing import ConformanceCase, check_sampling_distribution
+
+    case = ConformanceCase(method="ngram", model_factory=functools.partial(tiny_model, arch),
+                           config={"prompt_lookup_min": 1}, options={"adaptive": False})
+    check_sampling_distribution(case, draws=60, long_runs=1, long_tokens=24)
