@@ -127,6 +127,8 @@ class BranchingDrafter:
     splits 0.45 / 0.45 between the next two tokens (confident), after an odd one it is nearly flat. So whether the
     back-off keeps d_2 depends on the value of d_1."""
 
+    vocab_size = VOCAB  # it scores the whole vocabulary (no draft vocabulary)
+
     def new_cache(self):
         return _Cache()
 
