@@ -89,6 +89,16 @@ _ATTN = {
     "max_position_embeddings": 512,
 }
 
+# A small Mamba-2 mixer (4 heads, 1 group, state 8, conv 4), shared by the hybrid Mamba-2 / attention entries.
+_MAMBA2 = {
+    "mamba_n_heads": 4,
+    "mamba_n_groups": 1,
+    "mamba_d_state": 8,
+    "mamba_d_conv": 4,
+    "mamba_expand": 2,
+    "mamba_chunk_size": 16,
+}
+
 
 def _spec(name, config_class, model_class, config, traits=(), notes=""):
     return ArchitectureSpec(
@@ -330,12 +340,7 @@ _SPECS = [
         {
             **_ATTN,
             "attn_layer_indices": [1],
-            "mamba_n_heads": 4,
-            "mamba_n_groups": 1,
-            "mamba_d_state": 8,
-            "mamba_d_conv": 4,
-            "mamba_expand": 2,
-            "mamba_chunk_size": 16,
+            **_MAMBA2,
         },
         traits=[RECURRENT],
         notes="layer 0 Mamba-2, layer 1 attention",
@@ -367,12 +372,7 @@ _SPECS = [
         {
             **_ATTN,
             "mamba_d_ssm": 64,
-            "mamba_n_heads": 4,
-            "mamba_n_groups": 1,
-            "mamba_d_state": 8,
-            "mamba_d_conv": 4,
-            "mamba_expand": 2,
-            "mamba_chunk_size": 16,
+            **_MAMBA2,
         },
         traits=[RECURRENT],
         notes="attention and Mamba-2 in parallel in every layer",
@@ -409,12 +409,7 @@ _SPECS = [
             "num_local_experts": 4,
             "num_experts_per_tok": 2,
             "shared_intermediate_size": 32,
-            "mamba_n_heads": 4,
-            "mamba_n_groups": 1,
-            "mamba_d_state": 8,
-            "mamba_d_conv": 4,
-            "mamba_expand": 2,
-            "mamba_chunk_size": 16,
+            **_MAMBA2,
         },
         traits=[RECURRENT, MOE],
         notes="layer 0 Mamba-2, layer 1 attention, MoE",
