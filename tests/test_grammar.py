@@ -31,14 +31,21 @@ except ImportError:  # the optional extra is missing: only the test of that erro
     xgr = None
 
 TINY_VOCAB = 64
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 8},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-    },
-    "required": ["name", "age"],
-}
+
+
+def person_schema(max_name: int, max_age: int) -> dict:
+    """A JSON schema of {"name": str, "age": int} with these bounds."""
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": max_name},
+            "age": {"type": "integer", "minimum": 0, "maximum": max_age},
+        },
+        "required": ["name", "age"],
+    }
+
+
+PERSON = person_schema(max_name=8, max_age=120)
 TINY_REGEX = r'\{"name":"[a-z]{1,5}","age":[1-9][0-9]?\}'
 
 
@@ -463,14 +470,7 @@ def test_tiny_model_matches_hf_processor(tiny_tok, tiny_model, kind):
 # SmolLM2-135M-Instruct: real tokenizer, real model
 
 
-SMOL_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-}
+SMOL_SCHEMA = person_schema(max_name=12, max_age=150)
 SMOL_REGEX = r"[0-9]{3}-[0-9]{3}-[0-9]{4}"
 
 
