@@ -138,9 +138,13 @@ def load_eagle3_drafter(target: Any, head_path: str | os.PathLike) -> Any:
     path = Path(head_path).expanduser()
 
     def build() -> Any:
+        from .train_eagle3 import read_calibration
+
         embed = target.get_input_embeddings().weight
         checkpoint = load_eagle3_head(path, dtype=embed.dtype)
-        return Eagle3Drafter(checkpoint.head.to(embed.device), target, f"EAGLE-3 head at {checkpoint.path}")
+        drafter = Eagle3Drafter(checkpoint.head.to(embed.device), target, f"EAGLE-3 head at {checkpoint.path}")
+        drafter.calibration = read_calibration(checkpoint.path)  # what train-eagle measured, if it made the head
+        return drafter
 
     return _cached(target, (str(path.resolve()), "eagle3"), build)
 
@@ -178,10 +182,13 @@ def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3O
 
     path = _head_path("eagle3", config, options)
     if path is None:
+        # No EAGLE-3 head ships yet: the ones trained here within the time budget drafted no better than the shipped
+        # EAGLE-1 head (docs/methods/eagle.md), so method 'eagle' stays the built-in choice.
         raise ConfigError(
             "method 'eagle3' needs an EAGLE-3 head for this target and none ships yet: give "
             "method_options={'head': PATH} or draft_model=PATH (a speculators-format directory, as vLLM loads, or "
-            "the EAGLE authors' EAGLE-3 format)",
+            "the EAGLE authors' EAGLE-3 format), or train one with `specdecode train-eagle --format speculators "
+            "--target MODEL`",
             field="method_options.head",
             value=None,
         )

@@ -42,11 +42,15 @@ class Question:
 
 @attrs.frozen(kw_only=True)
 class Sample:
-    """One training sequence: tokens [T] and hidden [T, H] with hidden[t] = f_t (the state after reading token t)."""
+    """One training sequence: tokens [T] and hidden [T, H] with hidden[t] = f_t (the state after reading token t,
+    last layer, post-norm: what the LM head reads). ``aux`` [T, k*H]: the states at k other layers (entries of
+    transformers' ``output_hidden_states``, concatenated; EAGLE-3 reads them), when collected. ``prompt_length``:
+    where the response starts (drafts from there on are what a generation asks of the head)."""
 
     tokens: torch.Tensor
     hidden: torch.Tensor
     prompt_length: int
+    aux: torch.Tensor | None = None
 
 
 def find_questions(path: str | os.PathLike | None = None) -> Path:
@@ -146,6 +150,7 @@ def collect(
     eos_token_ids: set[int],
     pad_token_id: int = 0,
     progress: Any = None,
+    layers: tuple[int, ...] | None = None,
 ) -> tuple[list[list[int]], list[Sample]]:
     """Greedy responses of ``model`` to ``prompts`` and the hidden state of every token, in the prompts' order.
 
@@ -158,9 +163,9 @@ def collect(
     states are the base model's ``last_hidden_state`` (post-norm, what the LM head reads), recorded by a forward
     hook on every call: the prefill gives the prompt's, each decode step the state of the token it read. The
     padded rows attend only to their own tokens, so these are the states an unpadded forward gives, up to rounding
-    (a test checks)."""
-    from specdecode.batching import left_pad
-    from specdecode.kernels import few_rows_linear
+    (a test checks). ``layers``: also record the states at these entries of ``output_hidden_states`` (inputs of
+    those decoder layers) as each sample's ``aux``, concatenated in that order."""
+    from specdecode.toolkit import few_rows_linear, left_pad
 
     responses: list[list[int]] = [[] for _ in prompts]
     samples: list[Sample | None] = [None] * len(prompts)
@@ -168,18 +173,22 @@ def collect(
     eos = sorted(eos_token_ids)
     recorded: list[torch.Tensor] = []
     hook = model.base_model.register_forward_hook(lambda _m, _a, out: recorded.append(out.last_hidden_state))
+    aux_hooks, aux_recorded = _record_layer_inputs(model, layers or ())
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             ids, mask = left_pad([prompts[i] for i in rows], pad_token_id)
             width = ids.shape[1]
             recorded.clear()
-            with few_rows_linear():
+            for per_layer in aux_recorded:
+                per_layer.clear()
+            with few_rows_linear(model):
                 out = model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                     pad_token_id=pad_token_id, eos_token_id=eos or None,
                 )
             states = torch.cat(recorded, dim=1)  # [b, width + generated - 1, H]
+            aux = torch.cat([torch.cat(r, dim=1) for r in aux_recorded], dim=-1) if aux_recorded else None
             for row, i in enumerate(rows):
                 response = out[row, width:].tolist()
                 for t, token in enumerate(response):
@@ -188,11 +197,182 @@ def collect(
                         break
                 responses[i] = response
                 tokens = prompts[i] + response[:-1]
-                hidden = states[row, width - len(prompts[i]) : width + len(response) - 1]
-                samples[i] = Sample(tokens=torch.tensor(tokens), hidden=hidden.to(torch.float16),
-                                    prompt_length=len(prompts[i]))
+                span = slice(width - len(prompts[i]), width + len(response) - 1)
+                samples[i] = Sample(tokens=torch.tensor(tokens), hidden=states[row, span].to(torch.float16),
+                                    prompt_length=len(prompts[i]),
+                                    aux=None if aux is None else aux[row, span].to(torch.float16))
             if progress is not None:
                 progress.update(len(rows))
     finally:
         hook.remove()
+        for h in aux_hooks:
+            h.remove()
     return responses, samples  # type: ignore[return-value]
+
+
+def _record_layer_inputs(model: Any, layers: tuple[int, ...]) -> tuple[list[Any], list[list[torch.Tensor]]]:
+    """Forward pre-hooks that record the input of each listed decoder layer (entry i of transformers'
+    ``output_hidden_states`` is the input of decoder layer i) on every forward call; -> (hooks, records)."""
+    decoder = model.base_model.layers
+    hooks, records = [], []
+    for i in layers:
+        if not 0 <= i < len(decoder):
+            raise ConfigError(
+                f"aux layer ids must be in 0..{len(decoder) - 1} (the inputs of the target's decoder layers; got {i})",
+                field="aux_layers",
+                value=list(layers),
+            )
+        record: list[torch.Tensor] = []
+
+        def hook(_module: Any, args: tuple, kwargs: dict, record: list[torch.Tensor] = record) -> None:
+            record.append(args[0] if args else kwargs["hidden_states"])
+
+        hooks.append(decoder[i].register_forward_pre_hook(hook, with_kwargs=True))
+        records.append(record)
+    return hooks, records
+
+
+@torch.inference_mode()
+def teacher_force(
+    model: Any,
+    sequences: list[list[int]],
+    prompt_lengths: list[int],
+    *,
+    layers: tuple[int, ...] | None = None,
+    batch_tokens: int = 8192,
+    progress: Any = None,
+) -> list[Sample]:
+    """The target's states over existing token sequences: one forward pass per sequence (prefill speed), no
+    decoding. Returns one :class:`Sample` per sequence, in order, with ``hidden`` (last layer, post-norm: also the
+    target's next-token distribution through its LM head, the soft labels) and, with ``layers``, ``aux``.
+
+    Sequences of similar length share a forward pass, right-padded: a causal model's states at the real positions
+    do not depend on later (padding) positions, so no mask is needed and they equal an unpadded forward's up to
+    rounding (a test checks). The LM head is not run."""
+    samples: list[Sample | None] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    aux_hooks, aux_recorded = _record_layer_inputs(model, layers or ())
+    try:
+        start = 0
+        while start < len(order):
+            rows = [order[start]]
+            while start + len(rows) < len(order):
+                longest = len(sequences[order[start + len(rows)]])
+                if (len(rows) + 1) * longest > batch_tokens:
+                    break
+                rows.append(order[start + len(rows)])
+            start += len(rows)
+            width = max(len(sequences[i]) for i in rows)
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            for row, i in enumerate(rows):
+                ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i], dtype=torch.long)
+            for per_layer in aux_recorded:
+                per_layer.clear()
+            states = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+            aux = torch.cat([r[0] for r in aux_recorded], dim=-1) if aux_recorded else None
+            for row, i in enumerate(rows):
+                n = len(sequences[i])
+                # Copies, so a sample does not keep its whole batch alive (an fp16 target's .to() would be a view).
+                samples[i] = Sample(tokens=ids[row, :n].clone(),
+                                    hidden=states[row, :n].to(torch.float16, copy=True),
+                                    prompt_length=prompt_lengths[i],
+                                    aux=None if aux is None else aux[row, :n].to(torch.float16, copy=True))
+            if progress is not None:
+                progress.update(sum(len(sequences[i]) for i in rows))
+    finally:
+        for h in aux_hooks:
+            h.remove()
+    return samples  # type: ignore[return-value]
+
+
+# Text for teacher forcing: conversations from a package installed from PyPI by name (no hub download at run time).
+TEXT_SOURCES = {
+    # name: (importable module, pip package, licence, what it is)
+    "chitchat": ("chitchat_dataset", "chitchat-dataset", "MIT",
+                 "BYU PCC lab's Chit-Chat Challenge: 7,168 open-domain English conversations between people"),
+}
+
+
+def load_text_source(name: str) -> list[list[str]]:
+    """The conversations of text source ``name`` (see TEXT_SOURCES): each a list of turns, speakers alternating.
+    A source that is not installed is a ConfigError saying which package to install."""
+    if name not in TEXT_SOURCES:
+        raise ConfigError(f"'text_source' must be one of {sorted(TEXT_SOURCES)} or 'none' (got {name!r})",
+                          field="text_source", value=name)
+    module, package, _, _ = TEXT_SOURCES[name]
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"text source {name!r} needs the {package!r} package: pip install "
+                          f"'specdecode-eagle[train]' (or {package}), or give --text-source none",
+                          field="text_source", value=name)
+    raw = json.loads((Path(spec.origin).parent / "dataset.json").read_text())
+    conversations = []
+    for key in sorted(raw):  # a fixed order, whatever the file's
+        turns = [" ".join(m["text"].strip() for m in turn if m["text"].strip()) for turn in raw[key]["messages"]]
+        turns = [t for t in turns if t]
+        if len(turns) >= 2:
+            conversations.append(turns)
+    return conversations
+
+
+def shingles(text: str, n: int = 10) -> set[tuple[str, ...]]:
+    """Lower-cased word n-grams of ``text`` (for decontamination)."""
+    words = "".join(c.lower() if c.isalnum() else " " for c in text).split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def text_sequences(
+    tokenizer: Any, conversations: list[list[str]], *, max_tokens: int, budget: int, seed: int = 0,
+    exclude: set[tuple[str, ...]] | None = None,
+) -> tuple[list[list[int]], list[int], int]:
+    """Chat-template token sequences of at most ``max_tokens`` from ``conversations``, about ``budget`` tokens in
+    all. Turns alternate user / assistant; a long conversation is cut at turn boundaries into windows that each start
+    a new chat (a single turn too long for a window is cut). Conversations sharing a 10-word shingle with
+    ``exclude`` (the held-out Spec-Bench prompts) are dropped. Returns (sequences, prompt lengths: where the first
+    assistant turn starts, conversations dropped)."""
+    import random
+
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    sequences: list[list[int]] = []
+    prompt_lengths: list[int] = []
+    total = dropped = 0
+    # Template tokens around a turn, and around a whole chat (the system prompt some templates add).
+    probe = len(tokenizer("b", add_special_tokens=False)["input_ids"])
+    one, two = len(_conversation_ids(tokenizer, ["b"])), len(_conversation_ids(tokenizer, ["b", "b"]))
+    per_turn, fixed = two - one, max(one - (two - one), 0)
+    per_turn = max(per_turn - probe, 0)
+    for index in order:
+        if total >= budget:
+            break
+        turns = conversations[index]
+        if exclude and any(shingles(t) & exclude for t in turns):
+            dropped += 1
+            continue
+        lengths = [len(ids) + per_turn for ids in tokenizer(turns, add_special_tokens=False)["input_ids"]]
+        start = 0
+        while start < len(turns) - 1:  # windows of at least two turns (a user turn and a reply)
+            end, used = start, fixed
+            while end < len(turns) and (used + lengths[end] <= max_tokens or end - start < 2):
+                used += lengths[end]
+                end += 1
+            ids = _conversation_ids(tokenizer, turns[start:end])[:max_tokens]
+            sequences.append(ids)
+            prompt_lengths.append(min(len(_conversation_ids(tokenizer, turns[start : start + 1], prompt=True)),
+                                      len(ids)))
+            total += len(ids)
+            start = end
+    return sequences, prompt_lengths, dropped
+
+
+def _conversation_ids(tokenizer: Any, turns: list[str], prompt: bool = False) -> list[int]:
+    roles = ("user", "assistant")
+    messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer("\n\n".join(turns))["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)

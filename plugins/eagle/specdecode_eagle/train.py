@@ -1,14 +1,17 @@
 """Train an EAGLE head for a target model on CPU.
 
-    specdecode train-eagle --target smollm2-135m --out heads/smollm2 --threads 2     # about 55 minutes in all
+    specdecode train-eagle --target smollm2-135m --out heads/smollm2 --threads 2     # at most 55 minutes in all
+    specdecode train-eagle --target smollm2-135m --out heads/smollm2 --threads 2 --format speculators  # EAGLE-3
     python -m specdecode_eagle.train --target smollm2-135m --out heads/smollm2 --threads 2
 
-Steps (see docs/methods/eagle.md):
+Steps (see docs/methods/eagle.md); ``--format speculators`` trains an EAGLE-3 head instead (train_eagle3.py):
 
-1. Data: the target's own greedy responses to the training split of Spec-Bench (question_id % 4 != 0: all 360 first
-   turns by default, taken round-robin over the six categories, plus the second turns of the MT-bench ones), with
-   the last-layer hidden state of every token, recorded while generate computes it (see data.py).
-   Cached in ``OUT/data.pt`` so a second run skips it.
+1. Data, two routes: the target's own greedy responses to the training split of Spec-Bench (question_id % 4 != 0:
+   all 360 first turns by default, taken round-robin over the six categories, plus the second turns of the MT-bench
+   ones), with the last-layer hidden state of every token, recorded while generate computes it; and
+   ``--text-tokens`` of English conversations from a PyPI package (``--text-source chitchat``), teacher-forced: one
+   forward pass per sequence gives the same states at prefill speed (see data.py). EAGLE-3 also records its aux
+   layers in the same passes. Cached in ``OUT/data.pt`` and ``OUT/text.pt`` so a second run skips them.
 2. Draft vocabulary: the ``--draft-vocab-size`` token ids seen most often in that data, topped up with the lowest ids
    (BPE vocabularies list frequent merges first). The head only scores these, which makes training and drafting
    several times cheaper than the full LM head.
@@ -29,6 +32,7 @@ Steps (see docs/methods/eagle.md):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import random
 import sys
@@ -42,15 +46,20 @@ from torch import nn
 from .checkpoint import check_fits_target, load_head, save_head
 from .data import (
     CATEGORIES,
+    TEXT_SOURCES,
     Sample,
     chat_ids,
     chat_prompt,
     collect,
     fit_text,
     load_questions,
+    load_text_source,
     max_prompt_tokens_for_text,
     round_robin,
+    shingles,
     split,
+    teacher_force,
+    text_sequences,
 )
 from .head import EagleDrafter, EagleHead, HeadConfig
 
@@ -59,21 +68,40 @@ from .head import EagleDrafter, EagleHead, HeadConfig
 FEATURE_WEIGHT = 1.0
 TOKEN_WEIGHT = 0.1
 UNROLL_DECAY = 0.8  # weight of unrolled step s: 0.8^(s-1), as EAGLE-3 weights its training-time-test steps
-DATA_FORMAT = 3  # bump when collection changes, so an old OUT/data.pt is not reused
+DATA_FORMAT = 4  # bump when collection changes, so an old OUT/data.pt is not reused
 VALIDATE_MAX_NEW_TOKENS = 64
+
+
+FORMATS = ("specdecode-eagle", "speculators")  # EAGLE-1/2 head (method "eagle"), EAGLE-3 head (method "eagle3")
+TEXT_TOKENS = 150_000  # teacher-forced text tokens by default (see docs/methods/eagle.md, "Data")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="smollm2-135m", help="embedded model name or local model directory")
     parser.add_argument("--out", required=True, help="output directory for the head, checkpoints and data cache")
+    parser.add_argument("--format", default="specdecode-eagle",
+                        help="specdecode-eagle: an EAGLE-1/2 head for method 'eagle' (default); speculators: an "
+                        "EAGLE-3 head for method 'eagle3' (the format vLLM loads)")
     parser.add_argument("--questions", default=None, help="Spec-Bench question file (default: ../shared/data)")
     parser.add_argument("--num-prompts", type=int, default=0,
-                        help="training prompts, round-robin by category (default 0: all 360 of the training split)")
+                        help="training prompts whose greedy responses are collected, round-robin by category "
+                        "(default 0: all 360 of the training split; -1: none)")
     parser.add_argument("--second-turns", action=argparse.BooleanOptionalAction, default=True,
                         help="also collect the MT-bench second turns (default: on)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="response length collected per prompt")
     parser.add_argument("--max-prompt-tokens", type=int, default=320, help="long prompts lose their middle to fit")
     parser.add_argument("--collect-batch-size", type=int, default=32, help="prompts per batched generate call")
+    parser.add_argument("--text-source", default="chitchat",
+                        help=f"conversations to teacher-force: {', '.join(TEXT_SOURCES)} (a PyPI package) or none")
+    parser.add_argument("--text-tokens", type=int, default=TEXT_TOKENS,
+                        help=f"teacher-forced text tokens (default {TEXT_TOKENS}; 0: none)")
+    parser.add_argument("--max-text-tokens", type=int, default=512, help="longest teacher-forced sequence")
+    parser.add_argument("--aux-layers", default=None,
+                        help="EAGLE-3: the target layers the head reads, comma-separated ids of output_hidden_states "
+                        "(default: vLLM's, 2,L/2,L-3)")
+    parser.add_argument("--verifier", default=None,
+                        help="EAGLE-3: the target's name recorded in the speculators config (default: --target)")
+    parser.add_argument("--collect-only", action="store_true", help="collect (and cache) the data, then stop")
     parser.add_argument("--draft-vocab-size", type=int, default=8192, help="0 = score the full vocabulary")
     parser.add_argument("--intermediate-size", type=int, default=None, help="head MLP width (default: target's)")
     parser.add_argument("--init", default=None, help="continue from this head directory (keeps its draft vocabulary)")
@@ -84,12 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-tokens", type=int, default=1024, help="tokens per optimizer step (about)")
-    parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT, help="weight of the feature loss")
-    parser.add_argument("--token-weight", type=float, default=TOKEN_WEIGHT, help="weight of the token loss")
-    parser.add_argument("--feature-noise", type=float, default=0.05, help="input noise std, relative to feature RMS")
-    parser.add_argument("--unroll", type=int, default=2,
-                        help="draft steps trained per position: 1 = teacher forcing only, 2 = also on own features")
-    parser.add_argument("--validation-fraction", type=float, default=0.05)
+    parser.add_argument("--feature-weight", type=float, default=None,
+                        help=f"weight of the feature loss (default {FEATURE_WEIGHT}; EAGLE-3 has none)")
+    parser.add_argument("--token-weight", type=float, default=None,
+                        help=f"weight of the token loss (default {TOKEN_WEIGHT}; EAGLE-3: 1, the only loss)")
+    parser.add_argument("--feature-noise", type=float, default=None,
+                        help="input noise std, relative to feature RMS (default 0.05; EAGLE-3: 0)")
+    parser.add_argument("--unroll", type=int, default=None,
+                        help="draft steps trained per position: 1 = teacher forcing only, 2 = also on own features "
+                        "(default 2; EAGLE-3: 3)")
+    parser.add_argument("--validation-fraction", type=float, default=0.05,
+                        help="share of the collected responses held out for the per-epoch metrics")
+    parser.add_argument("--checkpoint-tokens", type=int, default=0,
+                        help="also evaluate and save a checkpoint every N training tokens (0: after epochs only)")
     parser.add_argument("--validate-prompts", type=int, default=12,
                         help="held-out prompts for the acceptance check (round-robin by category; 0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -98,15 +133,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse bad numbers before the model loads and collection starts (minutes of work), naming the flag."""
+    """Refuse bad flags before the model loads and collection starts (minutes of work), naming the flag, and fill
+    in the defaults that depend on ``--format``."""
     from specdecode.toolkit import invalid
 
+    if args.format not in FORMATS:
+        raise invalid("--format", args.format, f"one of: {', '.join(FORMATS)}")
+    eagle3 = args.format == "speculators"
+    if eagle3 and args.feature_weight not in (None, 0):
+        raise invalid("--feature-weight", args.feature_weight, "0 or unset with --format speculators (EAGLE-3 "
+                      "trains on the token loss only)")
+    defaults = {"feature_weight": 0.0 if eagle3 else FEATURE_WEIGHT, "token_weight": 1.0 if eagle3 else TOKEN_WEIGHT,
+                "feature_noise": 0.0 if eagle3 else 0.05, "unroll": 3 if eagle3 else 2}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     at_least = {"max_new_tokens": 1, "max_prompt_tokens": 16, "collect_batch_size": 1, "batch_tokens": 1,
-                "unroll": 1, "max_epochs": 1, "num_prompts": 0, "draft_vocab_size": 0, "validate_prompts": 0}
+                "unroll": 1, "max_epochs": 1, "num_prompts": -1, "draft_vocab_size": 0, "validate_prompts": 0,
+                "text_tokens": 0, "max_text_tokens": 16, "checkpoint_tokens": 0}
     for name, low in at_least.items():
         value = getattr(args, name)
         if value < low:
             raise invalid(f"--{name.replace('_', '-')}", value, f"an integer >= {low}")
+    if args.text_source != "none" and args.text_source not in TEXT_SOURCES:
+        raise invalid("--text-source", args.text_source, f"one of: {', '.join([*TEXT_SOURCES, 'none'])}")
+    if args.text_source == "none":
+        args.text_tokens = 0
+    elif importlib.util.find_spec(TEXT_SOURCES[args.text_source][0]) is None:  # before minutes of collection
+        package = TEXT_SOURCES[args.text_source][1]
+        raise invalid("--text-source", args.text_source,
+                      f"'none' unless {package} is installed (pip install 'specdecode-eagle[train]')")
+    if args.num_prompts < 0 and args.text_tokens == 0:
+        raise invalid("--text-tokens", args.text_tokens, "> 0 when --num-prompts is -1 (no data to train on)")
     for name in ("feature_weight", "token_weight", "feature_noise"):
         value = getattr(args, name)
         if not value >= 0 or math.isinf(value):
@@ -123,6 +181,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise invalid("--threads", args.threads, "an integer >= 1")
     if args.init is not None and not Path(args.init).is_dir():
         raise invalid("--init", args.init, "an existing head directory")
+    if args.aux_layers is not None:
+        try:
+            layers = tuple(int(i) for i in args.aux_layers.split(","))
+        except ValueError:
+            layers = ()
+        if not eagle3 or not layers or min(layers) < 0:
+            raise invalid("--aux-layers", args.aux_layers, "comma-separated layer ids >= 0, with --format speculators")
+        args.aux_layers = layers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,62 +199,107 @@ def run(args: argparse.Namespace) -> int:
     random.seed(args.seed)
     from specdecode.toolkit import load_model
 
+    eagle3 = args.format == "speculators"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model, tokenizer = load_model(args.target)
     for p in model.parameters():
         p.requires_grad_(False)
+    layers = None
+    if eagle3:
+        from .eagle3 import default_aux_layers
 
-    samples = collect_or_load(model, tokenizer, args, out)
+        layers = args.aux_layers or default_aux_layers(int(model.config.num_hidden_layers))
+
+    responses, text = collect_or_load(model, tokenizer, args, out, layers)
     collect_seconds = time.perf_counter() - started
-    if args.init:
-        start = load_head(args.init)
-        check_fits_target(start, model)
-        head, draft_vocab = start.head.float(), start.draft_vocab
-    else:
-        draft_vocab = pick_draft_vocab(samples, model.config.vocab_size, args.draft_vocab_size)
-        head = EagleHead(HeadConfig.from_target(model.config, intermediate_size=args.intermediate_size))
+    if args.collect_only:
+        log(f"collected {sum(len(s.tokens) for s in responses)} response-route and {sum(len(s.tokens) for s in text)} "
+            f"text tokens in {collect_seconds:.0f}s; stopping (--collect-only)")
+        return 0
+    # Held out for the per-epoch metrics: a share of the target's own responses (what generation asks of the head).
+    pool = responses or text
     rng = random.Random(args.seed)
-    order = list(range(len(samples)))
+    order = list(range(len(pool)))
     rng.shuffle(order)
-    n_val = max(1, int(len(samples) * args.validation_fraction))
-    val = [samples[i] for i in order[:n_val]]
-    train = [samples[i] for i in order[n_val:]]
-    minutes = training_minutes(args, collect_seconds)
-    log(f"{len(train)} training sequences ({sum(len(s.tokens) for s in train)} tokens), {len(val)} held out; "
-        f"training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
+    n_val = max(1, int(len(pool) * args.validation_fraction))
+    val = [pool[i] for i in order[:n_val]]
+    train = [pool[i] for i in order[n_val:]] + (text if responses else [])
+    if args.init:
+        head, draft_vocab = _initial_head(args, model)
+    else:
+        draft_vocab = pick_draft_vocab(train, model.config.vocab_size, args.draft_vocab_size)
+        if eagle3:
+            from .train_eagle3 import new_eagle3_head
 
-    trainer = Trainer(head, model, draft_vocab, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll,
-                      feature_weight=args.feature_weight, token_weight=args.token_weight)
+            head = new_eagle3_head(model, draft_vocab, layers, intermediate_size=args.intermediate_size)
+        else:
+            head = EagleHead(HeadConfig.from_target(model.config, intermediate_size=args.intermediate_size))
+    minutes = training_minutes(args, collect_seconds)
+    train_tokens = sum(len(s.tokens) for s in train)
+    log(f"{len(train)} training sequences ({train_tokens} tokens, {sum(len(s.tokens) for s in text)} of them "
+        f"teacher-forced text), {len(val)} held out; training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
+
+    if eagle3:
+        from .train_eagle3 import Eagle3Trainer
+
+        trainer = Eagle3Trainer(head, model, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll)
+    else:
+        trainer = Trainer(head, model, draft_vocab, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll,
+                          feature_weight=args.feature_weight, token_weight=args.token_weight)
     history = trainer.fit(
         train, val, minutes=minutes, max_epochs=args.max_epochs, batch_tokens=args.batch_tokens,
         checkpoint_dir=out / "checkpoints", progress=not args.quiet, seed=args.seed,
+        checkpoint_tokens=args.checkpoint_tokens,
     )
     train_seconds = time.perf_counter() - started - collect_seconds
     turns = " and MT-bench second turns" if args.second_turns else ""
+    sources = []
+    if responses:
+        sources.append(f"greedy responses of the target to Spec-Bench first turns{turns}, question_id % 4 != 0 "
+                       f"(round-robin over {', '.join(CATEGORIES)}); states recorded while generating them")
+    if text:
+        _, package, licence, what = TEXT_SOURCES[args.text_source]
+        sources.append(f"{what} (PyPI package {package}, {licence}), teacher-forced in the chat template")
     meta = {
         "target": args.target,
+        "format": args.format,
         "initialised_from": args.init,
         "trained": {
-            "data": f"greedy responses of the target to Spec-Bench first turns{turns}, question_id % 4 != 0 "
-            f"(round-robin over {', '.join(CATEGORIES)}); features recorded while generating them",
-            "num_prompts": len(samples),
+            "data": "; ".join(sources),
+            "num_prompts": len(responses),
             "second_turns": args.second_turns,
             "max_new_tokens": args.max_new_tokens,
             "max_prompt_tokens": args.max_prompt_tokens,
-            "train_tokens": sum(len(s.tokens) for s in train),
+            "text_source": args.text_source if text else None,
+            "text_tokens": sum(len(s.tokens) for s in text),
+            "max_text_tokens": args.max_text_tokens,
+            "aux_layers": None if layers is None else list(layers),
+            "train_tokens": train_tokens,
             "unroll": args.unroll,
             "feature_weight": args.feature_weight,
             "token_weight": args.token_weight,
-            "epochs": len(history),
+            "feature_noise": args.feature_noise,
+            "lr": args.lr,
+            "batch_tokens": args.batch_tokens,
+            "epochs": max((h["epoch"] for h in history), default=0),
             "collect_seconds": round(collect_seconds),
             "train_seconds": round(train_seconds),
             "threads": torch.get_num_threads(),
             "history": history,
         },
     }
-    save_head(head, out, draft_vocab=draft_vocab, dtype=torch.float16, meta=meta)
+
+    def save() -> None:
+        if eagle3:
+            from .train_eagle3 import save_eagle3
+
+            save_eagle3(head, out, verifier=args.verifier or args.target, meta=meta)
+        else:
+            save_head(head, out, draft_vocab=draft_vocab, dtype=torch.float16, meta=meta)
+
+    save()
     log(f"saved the head to {out} (collection {collect_seconds:.0f}s, training {train_seconds:.0f}s)")
 
     if args.validate_prompts > 0:
@@ -196,12 +307,34 @@ def run(args: argparse.Namespace) -> int:
         result = validate_acceptance(model, tokenizer, out, args)
         meta["validation"] = result
         meta["calibration"] = result["calibration"]  # the back-off's starting point (EagleOptions.confidence_prior)
-        save_head(head, out, draft_vocab=draft_vocab, dtype=torch.float16, meta=meta)
+        save()
         positions = " ".join(f"{a:.2f}" for a in result["per_position_acceptance"])
         log(f"held-out mean acceptance length at K=5: {result['mean_acceptance_length']:.2f} on "
             f"{result['prompts']} prompts (per position {positions}; {time.perf_counter() - t:.0f}s)")
     log(f"total {time.perf_counter() - started:.0f}s")
     return 0
+
+
+def _initial_head(args: argparse.Namespace, model: Any) -> tuple[nn.Module, torch.Tensor | None]:
+    """The head of ``--init`` (fp32), of the generation ``--format`` asks for, and its draft vocabulary."""
+    from specdecode.toolkit import invalid
+
+    from .checkpoint import EAGLE3_FORMATS, head_format
+
+    found = head_format(args.init)
+    if (found in EAGLE3_FORMATS) != (args.format == "speculators"):
+        raise invalid("--init", args.init, f"a head of the generation --format {args.format} trains (this is a "
+                      f"{found} head)")
+    if args.format == "speculators":
+        from .eagle3 import check_fits_target as check_eagle3
+        from .eagle3_checkpoint import load_eagle3_head
+
+        checkpoint = load_eagle3_head(args.init)
+        check_eagle3(checkpoint.head, model, f"EAGLE-3 head at {args.init}")
+        return checkpoint.head.float().train(), checkpoint.head.draft_token_ids()
+    start = load_head(args.init)
+    check_fits_target(start, model)
+    return start.head.float(), start.draft_vocab
 
 
 VALIDATE_SECONDS_PER_PROMPT = 15.0  # reserve for the acceptance check (SmolLM2-135M, 64 tokens, 2 threads: ~5 s)
@@ -215,16 +348,65 @@ def training_minutes(args: argparse.Namespace, elapsed_seconds: float) -> float:
     return max((args.total_minutes * 60 - elapsed_seconds - reserve) / 60, 1.0)
 
 
-def collect_or_load(model: Any, tokenizer: Any, args: argparse.Namespace, out: Path) -> list[Sample]:
-    cache = out / "data.pt"
-    key = {"format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
-           "second_turns": args.second_turns, "max_new_tokens": args.max_new_tokens,
-           "max_prompt_tokens": args.max_prompt_tokens}
-    if cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
-            log(f"reusing collected data from {cache}")
-            return [Sample(tokens=t, hidden=h, prompt_length=int(n)) for t, h, n in stored["samples"]]
+def collect_or_load(
+    model: Any, tokenizer: Any, args: argparse.Namespace, out: Path, layers: tuple[int, ...] | None
+) -> tuple[list[Sample], list[Sample]]:
+    """(the target's greedy responses to the training prompts, teacher-forced text): each collected once and cached
+    in ``OUT/data.pt`` and ``OUT/text.pt``, reused while their options match (a cache with the states of ``layers``
+    serves a run that needs none)."""
+    responses = _cached(out / "data.pt", {
+        "format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
+        "second_turns": args.second_turns, "max_new_tokens": args.max_new_tokens,
+        "max_prompt_tokens": args.max_prompt_tokens}, layers,
+        lambda: collect_responses(model, tokenizer, args, layers)) if args.num_prompts >= 0 else []
+    text = _cached(out / "text.pt", {
+        "format": DATA_FORMAT, "target": args.target, "text_source": args.text_source,
+        "text_tokens": args.text_tokens, "max_text_tokens": args.max_text_tokens, "seed": args.seed}, layers,
+        lambda: collect_text(model, tokenizer, args, layers)) if args.text_tokens > 0 else []
+    return responses, text
+
+
+def _cached(path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, make: Any) -> list[Sample]:
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        kept = stored.get("layers")
+        if stored.get("key") == key and (layers is None or (kept is not None and tuple(kept) == tuple(layers))):
+            log(f"reusing collected data from {path}")
+            return [Sample(tokens=t, hidden=h, prompt_length=int(n), aux=a if layers is not None else None)
+                    for t, h, n, a in stored["samples"]]
+    samples = make()
+    torch.save({"key": key, "layers": None if layers is None else list(layers),
+                "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
+    return samples
+
+
+def collect_text(model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None) -> list[Sample]:
+    """Teacher forcing over ``--text-tokens`` tokens of conversations from ``--text-source`` (one forward pass per
+    sequence); conversations that share a 10-word shingle with a held-out Spec-Bench prompt are dropped."""
+    conversations = load_text_source(args.text_source)
+    exclude: set[tuple[str, ...]] = set()
+    for q in split(load_questions(args.questions), held_out=True):
+        for turn in q.turns:
+            exclude |= shingles(turn)
+    sequences, prompt_lengths, dropped = text_sequences(
+        tokenizer, conversations, max_tokens=args.max_text_tokens, budget=args.text_tokens, seed=args.seed,
+        exclude=exclude)
+    total = sum(map(len, sequences))
+    t = time.perf_counter()
+    log(f"teacher-forcing {len(sequences)} {args.text_source} sequences ({total} tokens; {dropped} conversations "
+        f"dropped for overlapping held-out prompts)")
+    with _bar(total, "text tokens", not args.quiet) as bar:
+        samples = teacher_force(model, sequences, prompt_lengths, layers=layers, progress=bar)
+    seconds = time.perf_counter() - t
+    log(f"teacher-forced {total} tokens in {seconds:.0f}s ({total / max(seconds, 1e-9) * 60:.0f} tokens per minute)")
+    return samples
+
+
+def collect_responses(
+    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None
+) -> list[Sample]:
+    """The target's greedy responses to the training split's prompts (and MT-bench second turns), with its states
+    recorded while generating them."""
     pool = split(load_questions(args.questions), held_out=False)
     questions = round_robin(pool, args.num_prompts if args.num_prompts > 0 else len(pool))
     text_budget = max_prompt_tokens_for_text(tokenizer, args.max_prompt_tokens)
@@ -239,7 +421,7 @@ def collect_or_load(model: Any, tokenizer: Any, args: argparse.Namespace, out: P
     with _bar(len(prompts), "responses", not args.quiet) as bar:
         responses, samples = collect(
             model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
-            eos_token_ids=eos_ids, pad_token_id=pad, progress=bar,
+            eos_token_ids=eos_ids, pad_token_id=pad, progress=bar, layers=layers,
         )
     two = [i for i, q in enumerate(questions) if len(q.turns) > 1] if args.second_turns else []
     if two:
@@ -256,13 +438,12 @@ def collect_or_load(model: Any, tokenizer: Any, args: argparse.Namespace, out: P
         with _bar(len(two), "second turns", not args.quiet) as bar:
             _, second = collect(
                 model, conversations, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
-                eos_token_ids=eos_ids, pad_token_id=pad, progress=bar,
+                eos_token_ids=eos_ids, pad_token_id=pad, progress=bar, layers=layers,
             )
         for i, sample in zip(two, second):
             samples[i] = sample
     log(f"collected {sum(len(s.tokens) for s in samples)} tokens ({sum(len(r) for r in responses)} first-turn "
         f"response tokens" + (f", {len(two)} second turns" if two else "") + f") in {time.perf_counter() - t:.0f}s")
-    torch.save({"key": key, "samples": [(s.tokens, s.hidden, s.prompt_length) for s in samples]}, cache)
     return samples
 
 
@@ -281,7 +462,11 @@ def pick_draft_vocab(samples: list[Sample], vocab_size: int, size: int) -> torch
 
 class Trainer:
     """Training of a head on collected (tokens, hidden) sequences: teacher forcing, plus ``unroll - 1`` passes on
-    the head's own predicted features (see :meth:`steps`)."""
+    the head's own predicted features (see :meth:`steps`). Subclasses change the head's inputs (``real_inputs``),
+    the soft labels (``target_log_probs``), the drafter and the checkpoint format (train_eagle3.py)."""
+
+    detach_unrolled = True  # unrolled steps read the previous step's prediction without its gradient
+    input_field = "hidden"  # the Sample field the head reads at each position (batched under the same name)
 
     def __init__(
         self, head: EagleHead, target: Any, draft_vocab: torch.Tensor | None, *, lr: float, feature_noise: float,
@@ -290,8 +475,8 @@ class Trainer:
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1 (got {unroll})")
         self.head = head.train()
-        self.drafter = EagleDrafter(head, target, draft_vocab)
-        self.head.train()  # EagleDrafter puts it in eval mode
+        self.drafter = self.make_drafter(head, target, draft_vocab)
+        self.head.train()  # the drafter puts it in eval mode
         self.lr = lr
         self.feature_noise = feature_noise
         self.unroll = unroll
@@ -299,25 +484,44 @@ class Trainer:
         self.token_weight = token_weight
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
+    def make_drafter(self, head: nn.Module, target: Any, draft_vocab: torch.Tensor | None) -> Any:
+        return EagleDrafter(head, target, draft_vocab)
+
+    def real_inputs(self, batch: dict[str, torch.Tensor], noise: float) -> torch.Tensor:
+        """The head's input at real positions [b, n, H]: f_j, with Gaussian noise (``noise`` x the feature RMS)."""
+        hidden = batch["hidden"]
+        if noise > 0:
+            rms = hidden.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            hidden = hidden + torch.randn_like(hidden) * rms * noise
+        return hidden
+
+    def target_log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """The target's next-token log-probabilities over the draft vocabulary [N, V'] from its last-layer features
+        [N, H] (the soft labels)."""
+        return self.drafter.logits(features).log_softmax(dim=-1)
+
+    def save_checkpoint(self, directory: Path) -> None:
+        save_head(self.head, directory, draft_vocab=self.drafter.draft_vocab)
+
     def batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Right-padded head inputs: hidden f_0..f_{T-2}, tokens x_1..x_{T-1}, targets f_1..f_{T-1}; ``response``
         marks the positions whose draft is a response token (position j drafts x_{j+2}; drafting starts at the
         last prompt token, j = prompt_length - 1)."""
         width = max(len(s.tokens) for s in samples) - 1
-        size = samples[0].hidden.shape[1]
-        hidden = torch.zeros(len(samples), width, size)
+        size, input_size = samples[0].hidden.shape[1], getattr(samples[0], self.input_field).shape[1]
+        inputs = torch.zeros(len(samples), width, input_size)
         target = torch.zeros(len(samples), width, size)
         tokens = torch.zeros(len(samples), width, dtype=torch.long)
         mask = torch.zeros(len(samples), width, dtype=torch.long)
         response = torch.zeros(len(samples), width, dtype=torch.bool)
         for row, s in enumerate(samples):
             n = len(s.tokens) - 1
-            hidden[row, :n] = s.hidden[:-1].float()
+            inputs[row, :n] = getattr(s, self.input_field)[:-1].float()
             target[row, :n] = s.hidden[1:].float()
             tokens[row, :n] = s.tokens[1:]
             mask[row, :n] = 1
             response[row, max(s.prompt_length - 1, 0) : n] = True
-        return {"hidden": hidden, "target": target, "tokens": tokens, "mask": mask, "response": response}
+        return {self.input_field: inputs, "target": target, "tokens": tokens, "mask": mask, "response": response}
 
     def steps(self, batch: dict[str, torch.Tensor], noise: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Predicted features [b, n, H] and the positions where they count [b, n], for each draft step.
@@ -327,10 +531,8 @@ class Trainer:
         positions 0..p-s+1 and to the earlier steps' positions p-s+2..p-1, as the head's cache holds them while
         drafting; every step predicts the same f_{p+1}. Positions p < s-1 have no real context and do not count.
         """
-        hidden, mask = batch["hidden"], batch["mask"]
-        if noise > 0:
-            rms = hidden.pow(2).mean(dim=-1, keepdim=True).sqrt()
-            hidden = hidden + torch.randn_like(hidden) * rms * noise
+        mask = batch["mask"]
+        hidden = self.real_inputs(batch, noise)
         b, n, _ = hidden.shape
         positions = torch.arange(n).unsqueeze(0)
         embeds = self.drafter.embed_tokens(batch["tokens"])
@@ -345,7 +547,8 @@ class Trainer:
         query = torch.arange(n).view(n, 1)
         key = torch.arange(n).view(1, n)
         for s in range(2, self.unroll + 1):
-            fed = torch.cat([predicted.new_zeros(b, 1, predicted.shape[-1]), predicted[:, :-1].detach()], dim=1)
+            previous = predicted[:, :-1].detach() if self.detach_unrolled else predicted[:, :-1]
+            fed = torch.cat([predicted.new_zeros(b, 1, predicted.shape[-1]), previous], dim=1)
             blocks = [(key <= query - (s - 1)).unsqueeze(0) & valid.view(b, 1, n)]  # the real positions
             blocks += [(key == query - (s - t)).unsqueeze(0).expand(b, n, n) for t in range(2, s + 1)]
             full_mask = torch.cat(blocks, dim=-1).unsqueeze(1)  # [b, 1, n, s*n]; the diagonal keeps rows finite
@@ -357,7 +560,7 @@ class Trainer:
         """Per draft step: feature loss, token loss, top-1 agreement [N] and response flags [N] of its positions."""
         target, valid = batch["target"], batch["mask"].bool()
         with torch.no_grad():
-            target_logp = self.drafter.logits(target[valid]).log_softmax(dim=-1)  # [N, V'], shared by all steps
+            target_logp = self.target_log_probs(target[valid])  # [N, V'], shared by all steps
         out = []
         for predicted, counts in self.steps(batch, noise):
             if not bool(counts.any()):  # sequences too short for this unrolled step
@@ -366,7 +569,8 @@ class Trainer:
             pred, want, want_logp = predicted[counts], target[counts], target_logp[keep]
             logp = self.drafter.logits(pred).log_softmax(dim=-1)
             out.append({
-                "feature": nn.functional.smooth_l1_loss(pred, want, reduction="none").mean(dim=-1),
+                "feature": nn.functional.smooth_l1_loss(pred, want, reduction="none").mean(dim=-1)
+                if self.feature_weight > 0 else logp.new_zeros(logp.shape[0]),
                 "token": -(want_logp.exp() * logp).sum(dim=-1),
                 "top1": (logp.argmax(dim=-1) == want_logp.argmax(dim=-1)).float(),
                 "response": batch["response"][counts],
@@ -432,9 +636,10 @@ class Trainer:
 
     def fit(
         self, train: list[Sample], val: list[Sample], *, minutes: float, max_epochs: int, batch_tokens: int,
-        checkpoint_dir: Path | None = None, progress: bool = True, seed: int = 0,
+        checkpoint_dir: Path | None = None, progress: bool = True, seed: int = 0, checkpoint_tokens: int = 0,
     ) -> list[dict[str, float]]:
-        """Train until the time budget or ``max_epochs`` runs out. Returns per-epoch validation metrics.
+        """Train until the time budget or ``max_epochs`` runs out. Returns the validation metrics after every epoch
+        (and every ``checkpoint_tokens`` training tokens, when > 0), each with ``tokens``: training tokens seen.
 
         The learning rate warms up linearly, then follows a cosine to zero over whichever budget runs out first,
         measured as the larger of the elapsed share of the time budget and the share of steps done (an older
@@ -447,7 +652,23 @@ class Trainer:
         max_steps = max_epochs * steps_per_epoch
         warmup = max(1, min(50, steps_per_epoch))
         history: list[dict[str, float]] = []
-        step = 0
+        step = seen = 0
+        next_mark = checkpoint_tokens if checkpoint_tokens > 0 else None
+        lr = self.lr
+
+        def record(epoch: int, name: str) -> None:
+            metrics = {"epoch": epoch, "step": step, "tokens": seen, "lr": lr, **self.evaluate(val, batch_tokens)}
+            history.append({k: round(v, 6 if k == "lr" else 4) if isinstance(v, float) else v
+                            for k, v in metrics.items()})
+            unrolled = "".join(
+                f", step-{s} top-1 {metrics.get(f'top1_step{s}', 0.0):.3f}" for s in range(2, self.unroll + 1)
+            )
+            log(f"{name}: {seen} tokens, held-out loss {metrics['loss']:.4f}, feature {metrics['feature']:.4f}, "
+                f"token {metrics['token']:.3f}, top-1 {metrics['top1']:.3f} (responses "
+                f"{metrics['top1_response']:.3f}{unrolled}), lr {lr:.1e}")
+            if checkpoint_dir is not None:
+                self.save_checkpoint(checkpoint_dir / name.replace(" ", "-"))
+
         for epoch in range(max_epochs):
             bar = _bar(steps_per_epoch, f"epoch {epoch + 1}", progress)
             for group in self.batches(train, batch_tokens, rng):
@@ -461,23 +682,18 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.head.parameters(), 1.0)
                 self.optimizer.step()
                 step += 1
+                seen += sum(len(s.tokens) - 1 for s in group)
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss'].item():.3f}", top1=f"{parts['top1'].item():.2f}",
                                 lr=f"{lr:.1e}")
+                if next_mark is not None and seen >= next_mark:
+                    record(epoch + 1, f"tokens {seen:09d}")
+                    while next_mark <= seen:
+                        next_mark += checkpoint_tokens
                 if time.perf_counter() - started > budget:
                     break
             bar.close()
-            metrics = {"epoch": epoch + 1, "step": step, "lr": lr, **self.evaluate(val, batch_tokens)}
-            history.append({k: round(v, 6 if k == "lr" else 4) if isinstance(v, float) else v
-                            for k, v in metrics.items()})
-            unrolled = "".join(
-                f", step-{s} top-1 {metrics.get(f'top1_step{s}', 0.0):.3f}" for s in range(2, self.unroll + 1)
-            )
-            log(f"epoch {epoch + 1}: held-out loss {metrics['loss']:.4f}, feature {metrics['feature']:.4f}, "
-                f"token {metrics['token']:.3f}, top-1 {metrics['top1']:.3f} (responses "
-                f"{metrics['top1_response']:.3f}{unrolled}), lr {lr:.1e}")
-            if checkpoint_dir is not None:
-                save_head(self.head, checkpoint_dir / f"epoch-{epoch + 1:03d}", draft_vocab=self.drafter.draft_vocab)
+            record(epoch + 1, f"epoch {epoch + 1:03d}")
             if time.perf_counter() - started > budget:
                 break
         self.head.eval()
@@ -491,18 +707,20 @@ def validate_acceptance(model: Any, tokenizer: Any, head_dir: Path, args: argpar
     from (stored in eagle_head.json as ``calibration``)."""
     import specdecode
 
-    from . import _DRAFTERS, EagleOptions, load_drafter
+    from . import _DRAFTERS, Eagle3Options, EagleOptions, load_drafter, load_eagle3_drafter
     from .proposer import Calibration, EagleProposer
 
     _DRAFTERS.pop(model, None)  # the head on disk changed
-    drafter = load_drafter(model, head_dir)
+    eagle3 = getattr(args, "format", None) == "speculators"
+    drafter = load_eagle3_drafter(model, head_dir) if eagle3 else load_drafter(model, head_dir)
+    options_class = Eagle3Options if eagle3 else EagleOptions
     questions = round_robin(split(load_questions(args.questions), held_out=True), args.validate_prompts)
-    config = specdecode.SpeculativeConfig(method="eagle", num_speculative_tokens=5)
+    config = specdecode.SpeculativeConfig(method="eagle3" if eagle3 else "eagle", num_speculative_tokens=5)
     total = None
     tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
     for q in questions:
         ids = torch.tensor([chat_prompt(tokenizer, q.text, args.max_prompt_tokens)])
-        proposer = EagleProposer(drafter, EagleOptions(adaptive=False, tree_width=1))  # the head alone: a chain
+        proposer = EagleProposer(drafter, options_class(adaptive=False, tree_width=1))  # the head alone: a chain
         out = specdecode.generate(model, ids, config, max_new_tokens=VALIDATE_MAX_NEW_TOKENS, do_sample=False,
                                   proposer=proposer)
         total = out.stats if total is None else total.merge(out.stats)

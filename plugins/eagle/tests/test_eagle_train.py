@@ -112,6 +112,15 @@ def test_unrolled_steps_match_chained_drafting():
         (["--lr", "inf"], "'--lr' must be a finite number > 0 (got inf)"),
         (["--validation-fraction", "1"], "'--validation-fraction' must be between 0 and 1"),
         (["--init", "/no/such/head"], "'--init' must be an existing head directory (got '/no/such/head')"),
+        # EAGLE-3 (--format speculators) and teacher-forced text
+        (["--format", "eagle4"], "'--format' must be one of: specdecode-eagle, speculators (got 'eagle4')"),
+        (["--format", "speculators", "--feature-weight", "1"], "'--feature-weight' must be 0 or unset with --format"),
+        (["--aux-layers", "1,2,3"], "'--aux-layers' must be comma-separated layer ids >= 0, with --format speculators"),
+        (["--format", "speculators", "--aux-layers", "a,b"], "'--aux-layers' must be comma-separated layer ids"),
+        (["--text-source", "wikipedia"], "'--text-source' must be one of: chitchat, none (got 'wikipedia')"),
+        (["--text-tokens", "-5"], "'--text-tokens' must be an integer >= 0 (got -5)"),
+        (["--num-prompts", "-1", "--text-source", "none"], "'--text-tokens' must be > 0 when --num-prompts is -1"),
+        (["--checkpoint-tokens", "-1"], "'--checkpoint-tokens' must be an integer >= 0 (got -1)"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
