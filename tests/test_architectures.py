@@ -52,7 +52,7 @@ PROMPT_LENGTHS = (22, 31, 38)  # batch mode: all three; single-sequence modes: t
 SINGLE = (0, 2)
 MODES = ("chain", "tree", "batch", "sample", "ngram", "draft_model", "layer_skip", "eagle")
 
-# -- what is refused, and why (transformers 5.24) -------------------------------------------------------------------
+# -- what is refused, and why (transformers 5.24, 5.25) ----------------------------------------------------------------
 # Every other cell must give plain generate's tokens exactly. A refusal must come before any token is produced and
 # say what is unsupported; the fragment below must appear in its message.
 

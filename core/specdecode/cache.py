@@ -45,18 +45,27 @@ def has_state_layers(cache: Any) -> bool:
     return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in getattr(cache, "layers", ()))
 
 
+def keeps_recurrent_state(cache: Any) -> bool:
+    """Whether some layer holds a recurrent (SSM / linear-attention) state, not only a convolution window. A
+    convolution window is rolled back by keeping its past (:func:`keep_past`); a recurrent state is not, here."""
+    for layer in getattr(cache, "layers", ()):
+        if any(getattr(layer, "is_recurrent_states_initialized", {}).values()):
+            return True
+    return False
+
+
 def check_rollback(cache: Any, model: Any) -> None:
     """After the prefill: refuse a model whose cache cannot be cropped back (a recurrent state: a rejected draft
     would stay in it), before any token is produced."""
     from .errors import ConfigError
 
-    if getattr(cache, "is_croppable", True):
+    if getattr(cache, "is_croppable", True) and not keeps_recurrent_state(cache):
         return
     raise ConfigError(
         f"speculative decoding cannot run on {type(model).__name__}: its recurrent (SSM / linear-attention) layers "
-        "keep a state that rejected drafts would change and that transformers' cache cannot roll back (in "
-        "transformers 5.24 a multi-token pass over Mamba-style layers does not even continue from the cached "
-        "state). Use plain model.generate for this model",
+        "keep a state that rejected drafts would change and that specdecode cannot roll back yet (transformers "
+        "5.24's cache cannot; 5.25 can record past states for its own assisted decoding, which specdecode does not "
+        "use yet). Use plain model.generate for this model",
         field="model",
         value=type(model).__name__,
     )
@@ -144,6 +153,7 @@ class TokenCache:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache})
         self.seconds += time.perf_counter() - start
         if first:
+            check_rollback(self.cache, self.model)
             keep_past(self.cache)
         self.forwards += 1
         self.ids.extend(int(t) for t in new)
