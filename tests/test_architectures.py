@@ -37,6 +37,7 @@ import specdecode
 import torch
 from specdecode import Proposal, Proposer, ProposeRequest, SpeculativeConfig
 from specdecode.batching import left_pad
+from specdecode.cache import rolls_back_recurrent_state
 from specdecode.testing.architectures import SPECS, tiny_model
 from specdecode.testing.models import testing_device, testing_dtype
 
@@ -64,8 +65,18 @@ NO_ATTENTION_PREFIX = "no attention layer to cache keys in"  # layer_skip: the f
 
 _HYBRID = ("mamba", "jamba", "bamba", "zamba2", "falcon-h1", "qwen3-next", "granitemoehybrid")
 
+RECURRENT_TREE = "whose state runs along one sequence and cannot hold the branches of a tree"
+RECURRENT_DRAFT = "cannot be a draft model"
+# transformers 5.25 records past recurrent states, so chains (and batches, one sequence after another) run there.
+_ROLLED_BACK = ("mamba", "jamba", "zamba2", "falcon-h1", "qwen3-next", "granitemoehybrid") if rolls_back_recurrent_state() else ()
+_RECURRENT_REFUSALS = {
+    **{(arch, mode): RECURRENT for arch in _HYBRID for mode in MODES if mode != "layer_skip" and arch not in _ROLLED_BACK},
+    **{(arch, "tree"): RECURRENT_TREE for arch in _ROLLED_BACK},
+    **{(arch, "draft_model"): RECURRENT_DRAFT for arch in _ROLLED_BACK},
+}
+
 EXPECTED_REFUSALS: dict[tuple[str, str], str] = {
-    **{(arch, mode): RECURRENT for arch in _HYBRID for mode in MODES if mode != "layer_skip"},
+    **_RECURRENT_REFUSALS,
     **{(arch, "layer_skip"): NO_ATTENTION_PREFIX for arch in (*_HYBRID, "lfm2")},
     **{(arch, "layer_skip"): NO_LAYERS_LIST for arch in ("gpt2", "opt", "falcon", "falcon-alibi", "bloom", "gpt-bigcode")},
     ("bloom", "tree"): ALIBI_TREE,
@@ -323,3 +334,28 @@ def test_rejection_sampling_keeps_the_distribution(arch):
     case = ConformanceCase(method="ngram", model_factory=functools.partial(tiny_model, arch),
                            config={"prompt_lookup_min": 1}, options={"adaptive": False})
     check_sampling_distribution(case, draws=60, long_runs=1, long_tokens=24)
+
+
+@pytest.mark.skipif(not rolls_back_recurrent_state(), reason="this transformers cannot restore recurrent states")
+def test_recorded_recurrent_states_roll_back_and_do_not_pile_up():
+    """A crop after a verify pass restores the recurrent state of the last kept token; a step with nothing to crop
+    drops the record, so it does not grow with every fully accepted step."""
+    from specdecode.cache import crop_to, keep_past, new_cache
+
+    model = _model("mamba")
+    ids = _prompts(model.config.vocab_size)[0]
+    with torch.inference_mode():
+        cache = new_cache(model)
+        model(input_ids=ids, cache=cache)
+        keep_past(cache, tokens_per_forward=4)
+        length = int(cache.get_seq_length())  # (a recurrent cache's length is a tensor it updates in place)
+        model(input_ids=ids[:, :4], cache=cache)  # a verify pass over 4 tokens, 3 of them rejected
+        crop_to(cache, length + 1)
+        rolled_back = [layer.recurrent_states[0].clone() for layer in cache.layers]
+        reference = new_cache(model)
+        model(input_ids=torch.cat([ids, ids[:, :1]], dim=1), cache=reference)
+        for got, want in zip(rolled_back, (layer.recurrent_states[0] for layer in reference.layers)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        model(input_ids=ids[:, :4], cache=cache)  # every draft accepted: nothing to crop
+        crop_to(cache, int(cache.get_seq_length()))
+        assert all(not any(layer.recurrent_states_history.values()) for layer in cache.layers)

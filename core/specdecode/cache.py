@@ -9,6 +9,7 @@ and a tree move its accepted path into place.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from typing import Any
@@ -54,35 +55,71 @@ def keeps_recurrent_state(cache: Any) -> bool:
     return False
 
 
+# Recurrent-state architectures whose speculative output tests/test_architectures.py checks identical to plain
+# generate with transformers' recorded past states (5.25). Others stay refused until checked: Bamba was not
+# identical (its multi-token pass from a cached state differs from decoding one token at a time).
+RECURRENT_ROLLBACK_CHECKED = frozenset({"mamba", "jamba", "zamba2", "falcon_h1", "qwen3_next", "granitemoehybrid"})
+
+
+@functools.cache
+def rolls_back_recurrent_state() -> bool:
+    """Whether this transformers can record a recurrent layer's past states so a crop restores them (5.25 on:
+    ``activate_past_recording(recurrent_states_to_keep=...)``, made for its own assisted decoding)."""
+    try:
+        from transformers.cache_utils import LinearAttentionCacheLayerMixin
+    except ImportError:
+        return False
+    method = getattr(LinearAttentionCacheLayerMixin, "activate_past_recording", None)
+    return method is not None and "recurrent_states_to_keep" in inspect.signature(method).parameters
+
+
 def check_rollback(cache: Any, model: Any) -> None:
     """After the prefill: refuse a model whose cache cannot be cropped back (a recurrent state: a rejected draft
     would stay in it), before any token is produced."""
     from .errors import ConfigError
 
-    if getattr(cache, "is_croppable", True) and not keeps_recurrent_state(cache):
+    if not keeps_recurrent_state(cache):
+        if getattr(cache, "is_croppable", True):
+            return
+    elif rolls_back_recurrent_state() and getattr(model.config, "model_type", None) in RECURRENT_ROLLBACK_CHECKED:
         return
+    if rolls_back_recurrent_state():
+        why = (f"this transformers can restore them, but specdecode's output on model type "
+               f"{getattr(model.config, 'model_type', None)!r} has not been checked identical to plain generate "
+               f"(checked: {', '.join(sorted(RECURRENT_ROLLBACK_CHECKED))})")
+    else:
+        why = "this transformers cannot restore them (transformers 5.25 can, for the checked model types)"
     raise ConfigError(
         f"speculative decoding cannot run on {type(model).__name__}: its recurrent (SSM / linear-attention) layers "
-        "keep a state that rejected drafts would change and that specdecode cannot roll back yet (transformers "
-        "5.24's cache cannot; 5.25 can record past states for its own assisted decoding, which specdecode does not "
-        "use yet). Use plain model.generate for this model",
+        f"keep a state that rejected drafts would change; {why}. Use plain model.generate for this model",
         field="model",
         value=type(model).__name__,
     )
 
 
-def keep_past(cache: Any) -> None:
+def keep_past(cache: Any, tokens_per_forward: int = 1) -> None:
     """After a prefill: layers that trim their state (convolution states) must from now on keep what a crop
-    gives back. Not before the prefill, so a long prompt causes no memory spike."""
-    if hasattr(cache, "activate_past_recording"):
+    gives back, and recurrent layers the states after each of the last ``tokens_per_forward`` tokens of a forward
+    (so a crop can go back that far). Not before the prefill, so a long prompt causes no memory spike."""
+    if not hasattr(cache, "activate_past_recording"):
+        return
+    if keeps_recurrent_state(cache) and rolls_back_recurrent_state():
+        # A crop must keep the first token of the forward it undoes (in 5.25 the record's first entry is the state
+        # after the forward, not before it): a verify pass always keeps it, the last committed token.
+        cache.activate_past_recording(recurrent_states_to_keep=tokens_per_forward)
+    else:
         cache.activate_past_recording()
 
 
 def crop_to(cache: Any, length: int) -> None:
     """Drop every cached position from ``length`` on (nothing when the cache is no longer than that)."""
     extra = cache.get_seq_length() - length
-    if extra > 0:  # crop(-n) removes n positions; crop(0) would mean something else
+    if extra > 0:  # crop(-n) removes n positions; crop(0) would mean something else before transformers 5.25
         cache.crop(-extra)
+    elif extra == 0 and has_state_layers(cache) and rolls_back_recurrent_state():
+        # Nothing rejected: from 5.25 crop(0) drops the recorded past of convolution and recurrent layers, which
+        # otherwise grows with every forward until a crop (megabytes per token on a real SSM).
+        cache.crop(0)
 
 
 def cache_kwarg_name(model: Any) -> str:
@@ -154,6 +191,15 @@ class TokenCache:
         self.seconds += time.perf_counter() - start
         if first:
             check_rollback(self.cache, self.model)
+            if keeps_recurrent_state(self.cache):
+                # sync() crops back to any common prefix, further than the last forward's recorded states reach.
+                from .errors import ConfigError
+
+                raise ConfigError(
+                    f"{type(self.model).__name__} cannot be a draft model: its recurrent (SSM / linear-attention) "
+                    "layers keep a state that rejected drafts would change, and a draft model's cache is cropped "
+                    "further back than that state's recorded past. Use a draft model with attention layers only",
+                    field="draft_model", value=type(self.model).__name__)
             keep_past(self.cache)
         self.forwards += 1
         self.ids.extend(int(t) for t in new)

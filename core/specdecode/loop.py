@@ -221,7 +221,7 @@ class Decoder:
         slots = CacheSlots.from_prompt(target_mask, lengths)
         logits, hidden = self.forward(target, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
         check_rollback(cache, self.model)
-        keep_past(cache)
+        keep_past(cache, tokens_per_forward=self.config.num_speculative_tokens + 1)
         history = History(prompt, max(self.rules.max_new) + self.config.num_speculative_tokens + 2, self.pad)
         grammars = None if settings.grammar is None else [settings.grammar.new_state() for _ in range(batch)]
         logits = logits[:, -1]  # [B, V]
