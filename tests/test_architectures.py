@@ -369,3 +369,16 @@ def test_recorded_recurrent_states_roll_back_and_do_not_pile_up():
         model(input_ids=ids[:, :4], cache=cache)  # every draft accepted: nothing to crop
         crop_to(cache, int(cache.get_seq_length()))
         assert all(not any(layer.recurrent_states_history.values()) for layer in cache.layers)
+
+
+@pytest.mark.skipif(not rolls_back_recurrent_state(), reason="this transformers cannot restore recurrent states")
+def test_recurrent_state_covers_a_per_batch_size_k_above_num_speculative_tokens():
+    """The recorded past must reach back over the widest verify pass, also when a per-batch-size range asks for
+    more drafts than ``num_speculative_tokens``."""
+    model = _model("mamba")
+    ids = _prompts(model.config.vocab_size)[1]
+    config = {"method": "ngram", "num_speculative_tokens": 1, "prompt_lookup_min": 1,
+              "num_speculative_tokens_per_batch_size": [[1, 8, 6]], "speculation_schedule": "constant"}
+    out = specdecode.generate(model, ids, config, max_new_tokens=20)
+    assert max(out.stats.k_per_step) >= 3 and out.stats.drafted > out.stats.accepted  # wide passes, rejections
+    assert out.sequences[0, ids.shape[1] :].tolist() == _plain("mamba", 1)[:20]

@@ -221,7 +221,9 @@ class Decoder:
         slots = CacheSlots.from_prompt(target_mask, lengths)
         logits, hidden = self.forward(target, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
         check_rollback(cache, self.model)
-        keep_past(cache, tokens_per_forward=self.config.num_speculative_tokens + 1)
+        most_drafts = max([self.config.num_speculative_tokens,
+                           *(k for _, _, k in self.config.num_speculative_tokens_per_batch_size or ())])
+        keep_past(cache, tokens_per_forward=most_drafts + 1)  # a verify pass: the last token and the drafts
         history = History(prompt, max(self.rules.max_new) + self.config.num_speculative_tokens + 2, self.pad)
         grammars = None if settings.grammar is None else [settings.grammar.new_state() for _ in range(batch)]
         logits = logits[:, -1]  # [B, V]
