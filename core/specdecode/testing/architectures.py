@@ -89,6 +89,20 @@ _ATTN = {
     "max_position_embeddings": 512,
 }
 
+# A small pure Mamba (state 8, conv 4), shared by Mamba and Falcon-Mamba.
+_MAMBA1 = {**_INIT, "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4}
+
+# A gated DeltaNet linear-attention layer then a full-attention one, shared by Qwen3-Next and Qwen3.5.
+_GATED_DELTANET = {
+    "head_dim": 8,
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+}
+
 # A small Mamba-2 mixer (4 heads, 1 group, state 8, conv 4), shared by the hybrid Mamba-2 / attention entries.
 _MAMBA2 = {
     "mamba_n_heads": 4,
@@ -295,7 +309,7 @@ _SPECS = [
         "mamba",
         "MambaConfig",
         "MambaForCausalLM",
-        {**_INIT, "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4},
+        _MAMBA1,
         traits=[RECURRENT],
         notes="pure SSM (torch fallback path; no mamba-ssm kernels on CPU)",
     ),
@@ -312,7 +326,7 @@ _SPECS = [
         "falcon-mamba",
         "FalconMambaConfig",
         "FalconMambaForCausalLM",
-        {**_INIT, "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4},
+        _MAMBA1,
         traits=[RECURRENT],
         notes="pure SSM, Mamba with RMS-normalised B, C, dt",
     ),
@@ -400,13 +414,7 @@ _SPECS = [
         "Qwen3NextForCausalLM",
         {
             **_ATTN,
-            "head_dim": 8,
-            "layer_types": ["linear_attention", "full_attention"],
-            "linear_conv_kernel_dim": 4,
-            "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,
+            **_GATED_DELTANET,
             "num_experts": 4,
             "num_experts_per_tok": 2,
             "moe_intermediate_size": 32,
@@ -422,13 +430,7 @@ _SPECS = [
         "Qwen3_5ForCausalLM",
         {
             **_ATTN,
-            "head_dim": 8,
-            "layer_types": ["linear_attention", "full_attention"],
-            "linear_conv_kernel_dim": 4,
-            "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8,
-            "linear_num_key_heads": 2,
-            "linear_num_value_heads": 4,
+            **_GATED_DELTANET,
         },
         traits=[RECURRENT],
         notes="gated DeltaNet linear attention + gated full attention, dense",
