@@ -89,9 +89,9 @@ def check_rollback(cache: Any, model: Any) -> None:
     elif rolls_back_recurrent_state() and getattr(model.config, "model_type", None) in RECURRENT_ROLLBACK_CHECKED:
         return
     if rolls_back_recurrent_state():
-        why = (f"this transformers can restore them, but specdecode's output on model type "
-               f"{getattr(model.config, 'model_type', None)!r} has not been checked identical to plain generate "
-               f"(checked: {', '.join(sorted(RECURRENT_ROLLBACK_CHECKED))})")
+        why = (f"this transformers can restore them, but model type {getattr(model.config, 'model_type', None)!r} "
+               f"is not among those whose speculative output is checked identical to plain generate "
+               f"({', '.join(sorted(RECURRENT_ROLLBACK_CHECKED))})")
     else:
         why = "this transformers cannot restore them (transformers 5.25 can, for the checked model types)"
     raise ConfigError(
