@@ -35,9 +35,10 @@ import tempfile
 import pytest
 import specdecode
 import torch
+import transformers
 from specdecode import Proposal, Proposer, ProposeRequest, SpeculativeConfig
 from specdecode.batching import left_pad
-from specdecode.cache import rolls_back_recurrent_state
+from specdecode.cache import RECURRENT_ROLLBACK_CHECKED, rolls_back_recurrent_state
 from specdecode.testing.architectures import SPECS, tiny_model
 from specdecode.testing.models import testing_device, testing_dtype
 
@@ -68,12 +69,16 @@ _HYBRID = ("mamba", "mamba2", "falcon-mamba", "jamba", "bamba", "zamba2", "falco
 
 RECURRENT_TREE = "whose state runs along one sequence and cannot hold the branches of a tree"
 RECURRENT_DRAFT = "cannot be a draft model"
-# transformers 5.25 records past recurrent states, so chains (and batches, one sequence after another) run there.
-_ROLLED_BACK = (
-    ("mamba", "mamba2", "falcon-mamba", "jamba", "zamba2", "falcon-h1", "qwen3-next", "qwen3.5", "nemotron-h",
-     "granitemoehybrid")
-    if rolls_back_recurrent_state()
-    else ()
+
+
+def _model_type(arch: str) -> str:
+    return getattr(transformers, SPECS[arch].config_class).model_type
+
+
+# transformers 5.25 records past recurrent states, so chains (and batches, one sequence after another) run there on
+# the model types specdecode lists as checked; this matrix is what checks them.
+_ROLLED_BACK = tuple(
+    arch for arch in _HYBRID if rolls_back_recurrent_state() and _model_type(arch) in RECURRENT_ROLLBACK_CHECKED
 )
 _RECURRENT_REFUSALS = {
     **{(arch, mode): RECURRENT for arch in _HYBRID for mode in MODES if mode != "layer_skip" and arch not in _ROLLED_BACK},
@@ -329,6 +334,10 @@ def test_identical_to_plain_generate_or_refused(arch: str, mode: str) -> None:
 def test_expected_refusals_name_real_cells() -> None:
     modes = set(MODES)
     assert all(arch in SPECS and mode in modes for arch, mode in EXPECTED_REFUSALS)
+
+
+def test_every_recurrent_type_said_to_be_checked_is_in_the_matrix() -> None:
+    assert RECURRENT_ROLLBACK_CHECKED <= {_model_type(arch) for arch in _HYBRID}
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3", "gpt2", "bloom", "qwen3-next"])

@@ -83,14 +83,16 @@ def check_rollback(cache: Any, model: Any) -> None:
     would stay in it), before any token is produced."""
     from .errors import ConfigError
 
-    if not keeps_recurrent_state(cache):
-        if getattr(cache, "is_croppable", True):
+    model_type = getattr(model.config, "model_type", None)
+    restorable = rolls_back_recurrent_state()
+    if keeps_recurrent_state(cache):
+        if restorable and model_type in RECURRENT_ROLLBACK_CHECKED:
             return
-    elif rolls_back_recurrent_state() and getattr(model.config, "model_type", None) in RECURRENT_ROLLBACK_CHECKED:
+    elif getattr(cache, "is_croppable", True):
         return
-    if rolls_back_recurrent_state():
-        why = (f"this transformers can restore them, but model type {getattr(model.config, 'model_type', None)!r} "
-               f"is not among those whose speculative output is checked identical to plain generate "
+    if restorable:
+        why = (f"this transformers can restore them, but model type {model_type!r} is not among those whose "
+               f"speculative output is checked identical to plain generate "
                f"({', '.join(sorted(RECURRENT_ROLLBACK_CHECKED))})")
     else:
         why = "this transformers cannot restore them (transformers 5.25 can, for the checked model types)"
@@ -195,7 +197,6 @@ class TokenCache:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self.cache})
         self.seconds += time.perf_counter() - start
         if first:
-            check_rollback(self.cache, self.model)
             if keeps_recurrent_state(self.cache):
                 # sync() crops back to any common prefix, further than the last forward's recorded states reach.
                 from .errors import ConfigError
@@ -205,6 +206,7 @@ class TokenCache:
                     "layers keep a state that rejected drafts would change, and a draft model's cache is cropped "
                     "further back than that state's recorded past. Use a draft model with attention layers only",
                     field="draft_model", value=type(self.model).__name__)
+            check_rollback(self.cache, self.model)
             keep_past(self.cache)
         self.forwards += 1
         self.ids.extend(int(t) for t in new)

@@ -131,6 +131,10 @@ class SpeculativeConfig:
                 return k
         return self.num_speculative_tokens
 
+    def max_num_tokens(self) -> int:
+        """The most drafts any batch size may ask for (``num_speculative_tokens`` or a per-batch-size K above it)."""
+        return max([self.num_speculative_tokens, *(k for _, _, k in self.num_speculative_tokens_per_batch_size or ())])
+
     # -- constructors and serialisation --------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpeculativeConfig:

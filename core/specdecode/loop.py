@@ -221,9 +221,7 @@ class Decoder:
         slots = CacheSlots.from_prompt(target_mask, lengths)
         logits, hidden = self.forward(target, cache, want_hidden, 1, slots.mask, slots.prefill_positions())
         check_rollback(cache, self.model)
-        most_drafts = max([self.config.num_speculative_tokens,
-                           *(k for _, _, k in self.config.num_speculative_tokens_per_batch_size or ())])
-        keep_past(cache, tokens_per_forward=most_drafts + 1)  # a verify pass: the last token and the drafts
+        keep_past(cache, tokens_per_forward=self.config.max_num_tokens() + 1)  # a verify pass: last token + drafts
         history = History(prompt, max(self.rules.max_new) + self.config.num_speculative_tokens + 2, self.pad)
         grammars = None if settings.grammar is None else [settings.grammar.new_state() for _ in range(batch)]
         logits = logits[:, -1]  # [B, V]
