@@ -76,6 +76,23 @@ FORMATS = ("specdecode-eagle", "speculators")  # EAGLE-1/2 head (method "eagle")
 TEXT_TOKENS = 150_000  # teacher-forced text tokens by default (see docs/methods/eagle.md, "Data")
 
 
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def train_autocast_dtype(choice: str) -> torch.dtype | None:
+    """The dtype the head's products run in while training (None: float32, no autocast). ``auto`` picks bfloat16
+    only where the CPU computes it natively: there a bf16 product is ~4x faster than float32 (AMD EPYC with
+    AVX512-BF16, measured), elsewhere it is emulated and slower."""
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice == "auto":
+        cpu = torch.cpu
+        native = any(bool(getattr(cpu, name, lambda: False)())
+                     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return torch.bfloat16 if native else None
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="smollm2-135m", help="embedded model name or local model directory")
     parser.add_argument("--out", required=True, help="output directory for the head, checkpoints and data cache")
@@ -112,6 +129,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-tokens", type=int, default=1024, help="tokens per optimizer step (about)")
+    parser.add_argument("--train-dtype", default="auto",
+                        help="precision of the head's matrix products while training (weights and optimizer stay "
+                        "float32): float32, bfloat16 (autocast), or auto: bfloat16 where the CPU has native bf16 "
+                        "instructions (AVX512-BF16 or AMX), else float32")
     parser.add_argument("--feature-weight", type=float, default=None,
                         help=f"weight of the feature loss (default {FEATURE_WEIGHT}; EAGLE-3 has none)")
     parser.add_argument("--token-weight", type=float, default=None,
@@ -139,6 +160,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if args.format not in FORMATS:
         raise invalid("--format", args.format, f"one of: {', '.join(FORMATS)}")
+    if args.train_dtype not in TRAIN_DTYPES:
+        raise invalid("--train-dtype", args.train_dtype, f"one of: {', '.join(TRAIN_DTYPES)}")
     eagle3 = args.format == "speculators"
     if eagle3 and args.feature_weight not in (None, 0):
         raise invalid("--feature-weight", args.feature_weight, "0 or unset with --format speculators (EAGLE-3 "
@@ -241,13 +264,16 @@ def run(args: argparse.Namespace) -> int:
     log(f"{len(train)} training sequences ({train_tokens} tokens, {sum(len(s.tokens) for s in text)} of them "
         f"teacher-forced text), {len(val)} held out; training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
 
+    autocast = train_autocast_dtype(args.train_dtype)
+    log(f"training the head's products in {autocast or torch.float32} (--train-dtype {args.train_dtype})")
     if eagle3:
         from .train_eagle3 import Eagle3Trainer
 
-        trainer = Eagle3Trainer(head, model, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll)
+        trainer = Eagle3Trainer(head, model, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll,
+                                autocast=autocast)
     else:
         trainer = Trainer(head, model, draft_vocab, lr=args.lr, feature_noise=args.feature_noise, unroll=args.unroll,
-                          feature_weight=args.feature_weight, token_weight=args.token_weight)
+                          feature_weight=args.feature_weight, token_weight=args.token_weight, autocast=autocast)
     history = trainer.fit(
         train, val, minutes=minutes, max_epochs=args.max_epochs, batch_tokens=args.batch_tokens,
         checkpoint_dir=out / "checkpoints", progress=not args.quiet, seed=args.seed,
@@ -283,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
             "feature_noise": args.feature_noise,
             "lr": args.lr,
             "batch_tokens": args.batch_tokens,
+            "train_dtype": str(autocast or torch.float32).removeprefix("torch."),
             "epochs": max((h["epoch"] for h in history), default=0),
             "collect_seconds": round(collect_seconds),
             "train_seconds": round(train_seconds),
@@ -471,6 +498,7 @@ class Trainer:
     def __init__(
         self, head: EagleHead, target: Any, draft_vocab: torch.Tensor | None, *, lr: float, feature_noise: float,
         unroll: int = 1, feature_weight: float = FEATURE_WEIGHT, token_weight: float = TOKEN_WEIGHT,
+        autocast: torch.dtype | None = None,
     ):
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1 (got {unroll})")
@@ -482,6 +510,7 @@ class Trainer:
         self.unroll = unroll
         self.feature_weight = feature_weight
         self.token_weight = token_weight
+        self.autocast = autocast  # training steps' products in this dtype (evaluation stays in the weights' dtype)
         self.optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
     def make_drafter(self, head: nn.Module, target: Any, draft_vocab: torch.Tensor | None) -> Any:
@@ -559,15 +588,16 @@ class Trainer:
     def _outputs(self, batch: dict[str, torch.Tensor], noise: float) -> list[dict[str, torch.Tensor]]:
         """Per draft step: feature loss, token loss, top-1 agreement [N] and response flags [N] of its positions."""
         target, valid = batch["target"], batch["mask"].bool()
-        with torch.no_grad():
-            target_logp = self.target_log_probs(target[valid])  # [N, V'], shared by all steps
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):  # soft labels at the target's precision
+            target_logp = self.target_log_probs(target[valid].float())  # [N, V'], shared by all steps
         out = []
         for predicted, counts in self.steps(batch, noise):
             if not bool(counts.any()):  # sequences too short for this unrolled step
                 continue
             keep = counts[valid]  # which of the N valid positions count for this step
             pred, want, want_logp = predicted[counts], target[counts], target_logp[keep]
-            logp = self.drafter.logits(pred).log_softmax(dim=-1)
+            logp = self.drafter.logits(pred).float().log_softmax(dim=-1)
+            pred = pred.float()
             out.append({
                 "feature": nn.functional.smooth_l1_loss(pred, want, reduction="none").mean(dim=-1)
                 if self.feature_weight > 0 else logp.new_zeros(logp.shape[0]),
@@ -676,7 +706,8 @@ class Trainer:
                 lr = self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                parts = self.losses(self.batch(group), noise=self.feature_noise)
+                with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+                    parts = self.losses(self.batch(group), noise=self.feature_noise)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 nn.utils.clip_grad_norm_(self.head.parameters(), 1.0)

@@ -66,7 +66,8 @@ class Eagle3Trainer(Trainer):
     detach_unrolled = False
     input_field = "aux"  # the low/middle/high layers' states, concatenated [n, k*H]
 
-    def __init__(self, head: Eagle3Head, target: Any, *, lr: float, feature_noise: float = 0.0, unroll: int = 3):
+    def __init__(self, head: Eagle3Head, target: Any, *, lr: float, feature_noise: float = 0.0, unroll: int = 3,
+                 autocast: torch.dtype | None = None):
         ids = head.draft_token_ids()
         lm = target.get_output_embeddings()
         weight, bias = lm.weight.detach(), getattr(lm, "bias", None)
@@ -74,7 +75,7 @@ class Eagle3Trainer(Trainer):
         self.label_weight = weight if ids is None else weight.index_select(0, ids)
         self.label_bias = None if bias is None else (bias.detach() if ids is None else bias.detach()[ids])
         super().__init__(head, target, None, lr=lr, feature_noise=feature_noise, unroll=unroll, feature_weight=0.0,
-                         token_weight=1.0)
+                         token_weight=1.0, autocast=autocast)
 
     def make_drafter(self, head: Eagle3Head, target: Any, draft_vocab: torch.Tensor | None) -> Eagle3Drafter:
         return Eagle3Drafter(head, target, "EAGLE-3 head in training")

@@ -57,13 +57,13 @@ def test_states_recorded_while_generating_include_the_aux_layers():
         torch.testing.assert_close(s.aux.float(), aux, atol=2e-2, rtol=2e-2)
 
 
-def _trained(tmp_path, unroll=3, epochs=30):
+def _trained(tmp_path, unroll=3, epochs=30, autocast=None):
     torch.manual_seed(0)  # the head's initialisation, whatever ran before
     target = _target()
     samples = teacher_force(target, _sequences(16), [1] * 16, layers=LAYERS)
     vocab = pick_draft_vocab(samples, VOCAB, 40)
     head = new_eagle3_head(target, vocab, LAYERS)
-    trainer = Eagle3Trainer(head, target, lr=1e-2, unroll=unroll)
+    trainer = Eagle3Trainer(head, target, lr=1e-2, unroll=unroll, autocast=autocast)
     before = trainer.evaluate(samples, batch_tokens=256)
     # A budget no run reaches: the learning-rate schedule then follows the steps alone, so a loaded machine trains
     # the same head (a 10-minute budget shortened the schedule under load and the head's drafts were all rejected).
@@ -96,6 +96,14 @@ def test_tiny_training_lowers_the_loss_and_writes_a_loadable_speculators_head(tm
     ids = torch.tensor([[1, 2, 3]])
     out_ids = specdecode.generate(target, ids, {"method": "eagle3", "model": str(out)}, max_new_tokens=8)
     assert torch.equal(out_ids.sequences, target.generate(ids, max_new_tokens=8, do_sample=False))
+
+
+def test_bfloat16_training_lowers_the_loss_and_keeps_float32_weights(tmp_path):
+    """--train-dtype bfloat16: the products run under autocast, the weights and the evaluation stay float32."""
+    _, head, _, history, before, after = _trained(tmp_path, autocast=torch.bfloat16)
+    assert after["loss"] < 0.8 * before["loss"], (before, after)
+    assert after["top1"] > before["top1"] and history
+    assert {p.dtype for p in head.parameters()} == {torch.float32}
 
 
 def test_unrolled_steps_match_chained_drafting():

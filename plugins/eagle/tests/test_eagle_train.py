@@ -9,7 +9,7 @@ from specdecode.testing import tiny_llama
 from specdecode_eagle.checkpoint import load_head
 from specdecode_eagle.data import CATEGORIES, Question, collect, round_robin
 from specdecode_eagle.head import EagleHead, HeadConfig
-from specdecode_eagle.train import Trainer, add_arguments, pick_draft_vocab
+from specdecode_eagle.train import Trainer, add_arguments, pick_draft_vocab, train_autocast_dtype
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
 VOCAB = 48
@@ -56,6 +56,12 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     assert history and (tmp_path / "ckpt" / f"epoch-{len(history):03d}").is_dir()
     checkpoint = load_head(tmp_path / "ckpt" / f"epoch-{len(history):03d}")
     assert torch.equal(checkpoint.draft_vocab, vocab)
+
+
+def test_train_dtype_choices():
+    assert train_autocast_dtype("float32") is None and train_autocast_dtype("bfloat16") is torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert train_autocast_dtype("auto") is (torch.bfloat16 if native else None)
 
 
 def test_round_robin_covers_every_category_and_the_cli_parses():
@@ -121,6 +127,7 @@ def test_unrolled_steps_match_chained_drafting():
         (["--text-tokens", "-5"], "'--text-tokens' must be an integer >= 0 (got -5)"),
         (["--num-prompts", "-1", "--text-source", "none"], "'--text-tokens' must be > 0 when --num-prompts is -1"),
         (["--checkpoint-tokens", "-1"], "'--checkpoint-tokens' must be an integer >= 0 (got -1)"),
+        (["--train-dtype", "float16"], "'--train-dtype' must be one of: auto, float32, bfloat16 (got 'float16')"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, monkeypatch, flags, message):
