@@ -151,8 +151,10 @@ def collect(
     pad_token_id: int = 0,
     progress: Any = None,
     layers: tuple[int, ...] | None = None,
+    temperature: float | None = None,
 ) -> tuple[list[list[int]], list[Sample]]:
-    """Greedy responses of ``model`` to ``prompts`` and the hidden state of every token, in the prompts' order.
+    """Greedy responses of ``model`` to ``prompts`` (sampled at ``temperature`` when given: no top-k / top-p, the
+    caller seeds torch) and the hidden state of every token, in the prompts' order.
 
     Returns the responses (each cut after its first eos token) and one :class:`Sample` per prompt: prompt +
     response without its last token, whose state ``generate`` never computes (it is never fed back).
@@ -183,9 +185,11 @@ def collect(
             for per_layer in aux_recorded:
                 per_layer.clear()
             with few_rows_linear(model):
+                decoding = {"do_sample": False} if temperature is None else {
+                    "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                 out = model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=pad_token_id, eos_token_id=eos or None,
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                    eos_token_id=eos or None, **decoding,
                 )
             states = torch.cat(recorded, dim=1)  # [b, width + generated - 1, H]
             aux = torch.cat([torch.cat(r, dim=1) for r in aux_recorded], dim=-1) if aux_recorded else None

@@ -106,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--second-turns", action=argparse.BooleanOptionalAction, default=True,
                         help="also collect the MT-bench second turns (default: on)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="response length collected per prompt")
+    parser.add_argument("--sampled-responses", type=int, default=0,
+                        help="also collect this many sampled responses per training prompt (first turns; more of the "
+                        "target's own text on the same tasks; default 0)")
+    parser.add_argument("--sampling-temperature", type=float, default=0.7,
+                        help="temperature of the sampled responses (no top-k / top-p)")
     parser.add_argument("--max-prompt-tokens", type=int, default=320, help="long prompts lose their middle to fit")
     parser.add_argument("--collect-batch-size", type=int, default=32, help="prompts per batched generate call")
     parser.add_argument("--text-source", default="chitchat",
@@ -173,7 +178,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             setattr(args, name, value)
     at_least = {"max_new_tokens": 1, "max_prompt_tokens": 16, "collect_batch_size": 1, "batch_tokens": 1,
                 "unroll": 1, "max_epochs": 1, "num_prompts": -1, "draft_vocab_size": 0, "validate_prompts": 0,
-                "text_tokens": 0, "max_text_tokens": 16, "checkpoint_tokens": 0}
+                "text_tokens": 0, "max_text_tokens": 16, "checkpoint_tokens": 0, "sampled_responses": 0}
     for name, low in at_least.items():
         value = getattr(args, name)
         if value < low:
@@ -194,7 +199,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise invalid(f"--{name.replace('_', '-')}", value, "a finite number >= 0")
     if args.feature_weight == 0 and args.token_weight == 0:
         raise invalid("--token-weight", args.token_weight, "> 0 when --feature-weight is 0 (nothing to train on)")
-    for name in ("lr", "total_minutes") + (("minutes",) if args.minutes is not None else ()):
+    if args.sampled_responses > 0 and args.num_prompts < 0:
+        raise invalid("--sampled-responses", args.sampled_responses, "0 when --num-prompts is -1 (no prompts)")
+    for name in ("lr", "total_minutes", "sampling_temperature") + (("minutes",) if args.minutes is not None else ()):
         value = getattr(args, name)
         if not value > 0 or math.isinf(value):
             raise invalid(f"--{name.replace('_', '-')}", value, "a finite number > 0")
@@ -235,20 +242,14 @@ def run(args: argparse.Namespace) -> int:
 
         layers = args.aux_layers or default_aux_layers(int(model.config.num_hidden_layers))
 
-    responses, text = collect_or_load(model, tokenizer, args, out, layers)
+    responses, sampled, text = collect_or_load(model, tokenizer, args, out, layers)
     collect_seconds = time.perf_counter() - started
     if args.collect_only:
-        log(f"collected {sum(len(s.tokens) for s in responses)} response-route and {sum(len(s.tokens) for s in text)} "
+        log(f"collected {sum(len(s.tokens) for s in responses)} greedy-response, "
+            f"{sum(len(s.tokens) for s in sampled)} sampled-response and {sum(len(s.tokens) for s in text)} "
             f"text tokens in {collect_seconds:.0f}s; stopping (--collect-only)")
         return 0
-    # Held out for the per-epoch metrics: a share of the target's own responses (what generation asks of the head).
-    pool = responses or text
-    rng = random.Random(args.seed)
-    order = list(range(len(pool)))
-    rng.shuffle(order)
-    n_val = max(1, int(len(pool) * args.validation_fraction))
-    val = [pool[i] for i in order[:n_val]]
-    train = [pool[i] for i in order[n_val:]] + (text if responses else [])
+    train, val = split_training(responses, sampled, text, args.validation_fraction, args.seed)
     if args.init:
         head, draft_vocab = _initial_head(args, model)
     else:
@@ -261,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
             head = EagleHead(HeadConfig.from_target(model.config, intermediate_size=args.intermediate_size))
     minutes = training_minutes(args, collect_seconds)
     train_tokens = sum(len(s.tokens) for s in train)
-    log(f"{len(train)} training sequences ({train_tokens} tokens, {sum(len(s.tokens) for s in text)} of them "
-        f"teacher-forced text), {len(val)} held out; training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
+    log(f"{len(train)} training sequences ({train_tokens} tokens, {sum(len(s.tokens) for s in sampled)} of them "
+        f"sampled responses, {sum(len(s.tokens) for s in text)} teacher-forced text), {len(val)} held out; training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
 
     autocast = train_autocast_dtype(args.train_dtype)
     log(f"training the head's products in {autocast or torch.float32} (--train-dtype {args.train_dtype})")
@@ -285,6 +286,9 @@ def run(args: argparse.Namespace) -> int:
     if responses:
         sources.append(f"greedy responses of the target to Spec-Bench first turns{turns}, question_id % 4 != 0 "
                        f"(round-robin over {', '.join(CATEGORIES)}); states recorded while generating them")
+    if sampled:
+        sources.append(f"{args.sampled_responses} response(s) per first turn sampled from the target at temperature "
+                       f"{args.sampling_temperature} (the held-out sequences' prompts excluded)")
     if text:
         _, package, licence, what = TEXT_SOURCES[args.text_source]
         sources.append(f"{what} (PyPI package {package}, {licence}), teacher-forced in the chat template")
@@ -298,6 +302,9 @@ def run(args: argparse.Namespace) -> int:
             "second_turns": args.second_turns,
             "max_new_tokens": args.max_new_tokens,
             "max_prompt_tokens": args.max_prompt_tokens,
+            "sampled_responses": args.sampled_responses,
+            "sampling_temperature": args.sampling_temperature if sampled else None,
+            "sampled_tokens": sum(len(s.tokens) for s in sampled),
             "text_source": args.text_source if text else None,
             "text_tokens": sum(len(s.tokens) for s in text),
             "max_text_tokens": args.max_text_tokens,
@@ -377,20 +384,29 @@ def training_minutes(args: argparse.Namespace, elapsed_seconds: float) -> float:
 
 def collect_or_load(
     model: Any, tokenizer: Any, args: argparse.Namespace, out: Path, layers: tuple[int, ...] | None
-) -> tuple[list[Sample], list[Sample]]:
-    """(the target's greedy responses to the training prompts, teacher-forced text): each collected once and cached
-    in ``OUT/data.pt`` and ``OUT/text.pt``, reused while their options match (a cache with the states of ``layers``
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """(the target's greedy responses to the training prompts, its ``--sampled-responses`` sampled ones,
+    teacher-forced text): each collected once and cached in ``OUT/data.pt``, ``OUT/sampled.pt`` and
+    ``OUT/text.pt``, reused while their options match (a cache with the states of ``layers``
     serves a run that needs none)."""
     responses = _cached(out / "data.pt", {
         "format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
         "second_turns": args.second_turns, "max_new_tokens": args.max_new_tokens,
         "max_prompt_tokens": args.max_prompt_tokens}, layers,
         lambda: collect_responses(model, tokenizer, args, layers)) if args.num_prompts >= 0 else []
+    sampled = []
+    if args.sampled_responses > 0:
+        sampled = _cached(out / "sampled.pt", {
+            "format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
+            "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
+            "sampled_responses": args.sampled_responses, "temperature": args.sampling_temperature,
+            "seed": args.seed}, layers,
+            lambda: collect_sampled(model, tokenizer, args, layers))
     text = _cached(out / "text.pt", {
         "format": DATA_FORMAT, "target": args.target, "text_source": args.text_source,
         "text_tokens": args.text_tokens, "max_text_tokens": args.max_text_tokens, "seed": args.seed}, layers,
         lambda: collect_text(model, tokenizer, args, layers)) if args.text_tokens > 0 else []
-    return responses, text
+    return responses, sampled, text
 
 
 def _cached(path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, make: Any) -> list[Sample]:
@@ -434,14 +450,8 @@ def collect_responses(
 ) -> list[Sample]:
     """The target's greedy responses to the training split's prompts (and MT-bench second turns), with its states
     recorded while generating them."""
-    pool = split(load_questions(args.questions), held_out=False)
-    questions = round_robin(pool, args.num_prompts if args.num_prompts > 0 else len(pool))
-    text_budget = max_prompt_tokens_for_text(tokenizer, args.max_prompt_tokens)
-    first_turns = [fit_text(tokenizer, q.text, text_budget) for q in questions]
-    prompts = [chat_prompt(tokenizer, text) for text in first_turns]
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    questions, first_turns, prompts, text_budget = _training_prompts(tokenizer, args)
+    eos_ids, pad = _stop_and_pad(model, tokenizer)
     t = time.perf_counter()
     log(f"collecting greedy responses to {len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens, up to "
         f"{args.max_new_tokens} new tokens each, batches of {args.collect_batch_size})")
@@ -472,6 +482,63 @@ def collect_responses(
     log(f"collected {sum(len(s.tokens) for s in samples)} tokens ({sum(len(r) for r in responses)} first-turn "
         f"response tokens" + (f", {len(two)} second turns" if two else "") + f") in {time.perf_counter() - t:.0f}s")
     return samples
+
+
+def split_training(
+    responses: list[Sample], sampled: list[Sample], text: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """(train, held out): ``fraction`` of the greedy responses (what generation asks of the head; of the text when
+    there are none) is held out for the per-epoch metrics, and sampled responses to a held-out sequence's prompt are
+    dropped, so no held-out prompt is trained on."""
+    pool = responses or text
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(len(pool) * fraction))
+    val = [pool[i] for i in order[:n_val]]
+    held_out = [s.tokens.tolist() for s in val]
+    kept = [s for s in sampled
+            if not any(v[: s.prompt_length] == s.tokens[: s.prompt_length].tolist() for v in held_out)]
+    return [pool[i] for i in order[n_val:]] + kept + (text if responses else []), val
+
+
+def collect_sampled(
+    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None
+) -> list[Sample]:
+    """``--sampled-responses`` responses per training prompt (first turns), sampled at ``--sampling-temperature``
+    (seeded from ``--seed``), with their states: more of the target's own text on the same tasks, at decode speed."""
+    _, _, prompts, _ = _training_prompts(tokenizer, args)
+    eos_ids, pad = _stop_and_pad(model, tokenizer)
+    t = time.perf_counter()
+    samples: list[Sample] = []
+    for k in range(args.sampled_responses):
+        torch.manual_seed(args.seed + 1 + k)
+        with _bar(len(prompts), f"sampled {k + 1}/{args.sampled_responses}", not args.quiet) as bar:
+            _, got = collect(
+                model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
+                eos_token_ids=eos_ids, pad_token_id=pad, progress=bar, layers=layers,
+                temperature=args.sampling_temperature,
+            )
+        samples += got
+    generated = sum(len(s.tokens) - s.prompt_length for s in samples)
+    log(f"collected {len(samples)} sampled responses (T={args.sampling_temperature}; {generated} response tokens) in "
+        f"{time.perf_counter() - t:.0f}s")
+    return samples
+
+
+def _training_prompts(tokenizer: Any, args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[int]], int]:
+    """The training split's questions (round-robin, ``--num-prompts``), their first turns cut to fit, those as chat
+    prompts, and the text budget that cut them."""
+    pool = split(load_questions(args.questions), held_out=False)
+    questions = round_robin(pool, args.num_prompts if args.num_prompts > 0 else len(pool))
+    text_budget = max_prompt_tokens_for_text(tokenizer, args.max_prompt_tokens)
+    first_turns = [fit_text(tokenizer, q.text, text_budget) for q in questions]
+    return questions, first_turns, [chat_prompt(tokenizer, text) for text in first_turns], text_budget
+
+
+def _stop_and_pad(model: Any, tokenizer: Any) -> tuple[set[int], int]:
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    return eos_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def pick_draft_vocab(samples: list[Sample], vocab_size: int, size: int) -> torch.Tensor | None:

@@ -7,9 +7,15 @@ import pytest
 import torch
 from specdecode.testing import tiny_llama
 from specdecode_eagle.checkpoint import load_head
-from specdecode_eagle.data import CATEGORIES, Question, collect, round_robin
+from specdecode_eagle.data import CATEGORIES, Question, Sample, collect, round_robin
 from specdecode_eagle.head import EagleHead, HeadConfig
-from specdecode_eagle.train import Trainer, add_arguments, pick_draft_vocab, train_autocast_dtype
+from specdecode_eagle.train import (
+    Trainer,
+    add_arguments,
+    pick_draft_vocab,
+    split_training,
+    train_autocast_dtype,
+)
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
 VOCAB = 48
@@ -37,6 +43,42 @@ def test_collected_states_match_an_unpadded_forward():
         torch.testing.assert_close(s.hidden.float(), reference.hidden_states[-1][0], atol=2e-2, rtol=2e-2)
         greedy = reference.logits[0, s.prompt_length - 1 : -1].argmax(-1)
         assert torch.equal(greedy, s.tokens[s.prompt_length :])
+
+
+def test_sampled_responses_are_seeded_and_their_states_match_an_unpadded_forward():
+    target = tiny_llama(vocab_size=VOCAB, hidden_size=32, num_layers=2, seed=6)
+    prompts, greedy = _samples(target)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(collect(target, prompts, max_new_tokens=10, batch_size=4, eos_token_ids=set(), temperature=1.0))
+    (responses, samples), (again, _) = runs
+    assert responses == again  # seeded
+    assert [s.tokens.tolist() for s in samples] != [s.tokens.tolist() for s in greedy]  # not the greedy text
+    for p, s in zip(prompts, samples):
+        assert s.prompt_length == len(p) and s.tokens[: len(p)].tolist() == p
+        with torch.no_grad():
+            reference = target(input_ids=s.tokens.unsqueeze(0), output_hidden_states=True)
+        torch.testing.assert_close(s.hidden.float(), reference.hidden_states[-1][0], atol=2e-2, rtol=2e-2)
+
+
+def test_sampled_responses_to_held_out_prompts_are_not_trained_on():
+    def sample(prompt, response):
+        return Sample(tokens=torch.tensor(prompt + response), hidden=torch.zeros(len(prompt + response), 4),
+                      prompt_length=len(prompt))
+
+    prompts = [[i, i + 1, i + 2] for i in range(0, 60, 3)]
+    greedy = [sample(p, [7, 7]) for p in prompts]
+    sampled = [sample(p, [8, r]) for r in (1, 2) for p in prompts]
+    text = [sample([1], [2, 3])]
+    train, val = split_training(greedy, sampled, text, 0.1, seed=0)
+    ids = lambda samples: {id(s) for s in samples}  # noqa: E731 (Samples hold tensors: compare by identity)
+    assert len(val) == 2 and ids(val) <= ids(greedy)
+    held_out = {tuple(v.tokens[: v.prompt_length].tolist()) for v in val}
+    kept = [s for s in train if id(s) in ids(sampled)]
+    assert len(kept) == len(sampled) - 2 * len(val)
+    assert not any(tuple(s.tokens[: s.prompt_length].tolist()) in held_out for s in kept)
+    assert id(text[0]) in ids(train) and len(train) == len(greedy) - len(val) + len(kept) + 1
 
 
 def test_tiny_training_run_lowers_the_loss(tmp_path):
@@ -127,6 +169,9 @@ def test_unrolled_steps_match_chained_drafting():
         (["--text-tokens", "-5"], "'--text-tokens' must be an integer >= 0 (got -5)"),
         (["--num-prompts", "-1", "--text-source", "none"], "'--text-tokens' must be > 0 when --num-prompts is -1"),
         (["--checkpoint-tokens", "-1"], "'--checkpoint-tokens' must be an integer >= 0 (got -1)"),
+        (["--sampled-responses", "-1"], "'--sampled-responses' must be an integer >= 0 (got -1)"),
+        (["--sampled-responses", "1", "--num-prompts", "-1"], "'--sampled-responses' must be 0 when --num-prompts"),
+        (["--sampling-temperature", "0"], "'--sampling-temperature' must be a finite number > 0 (got 0.0)"),
         (["--train-dtype", "float16"], "'--train-dtype' must be one of: auto, float32, bfloat16 (got 'float16')"),
     ],
 )
