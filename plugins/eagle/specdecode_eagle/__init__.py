@@ -6,7 +6,7 @@
 
 The head comes from ``method_options={"head": PATH}`` or the config's ``draft_model`` / ``model`` (a directory in the
 specdecode-eagle or the EAGLE authors' format; for ``eagle3``, the speculators format vLLM loads or the EAGLE authors'
-EAGLE-3 format); with neither, method ``eagle`` uses the head shipped in this package when the target is
+EAGLE-3 format); with neither, each method uses the head shipped for it in this package when the target is
 SmolLM2-135M-Instruct. Train a head with ``specdecode train-eagle`` or ``python -m specdecode_eagle.train``; write an
 EAGLE-3 head in the speculators format with ``specdecode export-eagle``.
 """
@@ -24,8 +24,10 @@ from specdecode import ConfigError, ProposerSpec
 from specdecode.toolkit import validators
 
 SHIPPED_HEADS = Path(__file__).parent / "heads"
-# The shipped head, and the target shape it was trained for (a target with this exact shape gets it by default).
+# The shipped heads (EAGLE-1/2 for method 'eagle', EAGLE-3 in the speculators format for 'eagle3'), and the target
+# shape they were trained for (a target with this exact shape gets them by default).
 SMOLLM2_HEAD = SHIPPED_HEADS / "smollm2-135m-instruct"
+SMOLLM2_EAGLE3_HEAD = SHIPPED_HEADS / "smollm2-135m-instruct-eagle3"
 SMOLLM2_SHAPE = {
     "model_type": "llama",
     "hidden_size": 576,
@@ -82,17 +84,20 @@ class Eagle3Options(HeadOptions):
     directory). An EAGLE-3 head always scores its own draft vocabulary with its own LM head."""
 
 
-def default_head_path(target: Any) -> Path:
-    """The shipped head when ``target`` has SmolLM2-135M's shape; otherwise a ConfigError saying what to pass."""
+def default_head_path(target: Any, method: str = "eagle") -> Path:
+    """The head shipped for ``method`` when ``target`` has SmolLM2-135M's shape; otherwise a ConfigError saying what
+    to pass."""
     config = target.config
     shape = {key: getattr(config, key, None) for key in SMOLLM2_SHAPE}
     if shape == SMOLLM2_SHAPE:
-        return SMOLLM2_HEAD
+        return SMOLLM2_EAGLE3_HEAD if method == "eagle3" else SMOLLM2_HEAD
+    kind, train = ("an EAGLE-3", " --format speculators") if method == "eagle3" else ("a", "")
+    formats = ("a speculators-format directory, as vLLM loads, or the EAGLE authors' EAGLE-3 format"
+               if method == "eagle3" else "a specdecode-eagle or EAGLE-format head directory")
     raise ConfigError(
-        "method 'eagle' needs a draft head trained for this target: the built-in head fits SmolLM2-135M-Instruct "
-        f"only ({SMOLLM2_SHAPE}), this target has {shape}. Give method_options={{'head': PATH}} or "
-        "draft_model=PATH (a specdecode-eagle or EAGLE-format head directory), or train one with "
-        "`specdecode train-eagle --target MODEL`",
+        f"method {method!r} needs {kind} draft head trained for this target: the built-in head fits "
+        f"SmolLM2-135M-Instruct only ({SMOLLM2_SHAPE}), this target has {shape}. Give method_options={{'head': PATH}} "
+        f"or draft_model=PATH ({formats}), or train one with `specdecode train-eagle{train} --target MODEL`",
         field="method_options.head",
         value=None,
     )
@@ -181,18 +186,7 @@ def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3O
     from .proposer import EagleProposer
 
     path = _head_path("eagle3", config, options)
-    if path is None:
-        # No EAGLE-3 head ships yet: the ones trained here within the time budget drafted no better than the shipped
-        # EAGLE-1 head (docs/methods/eagle.md), so method 'eagle' stays the built-in choice.
-        raise ConfigError(
-            "method 'eagle3' needs an EAGLE-3 head for this target and none ships yet: give "
-            "method_options={'head': PATH} or draft_model=PATH (a speculators-format directory, as vLLM loads, or "
-            "the EAGLE authors' EAGLE-3 format), or train one with `specdecode train-eagle --format speculators "
-            "--target MODEL`",
-            field="method_options.head",
-            value=None,
-        )
-    drafter = load_eagle3_drafter(model, path)
+    drafter = load_eagle3_drafter(model, path if path is not None else default_head_path(model, "eagle3"))
     return EagleProposer(drafter, options)
 
 

@@ -372,7 +372,8 @@ def test_each_method_refuses_the_other_generation_by_name(tmp_path, target):
 def test_no_head_is_a_clear_error(target):
     message = _message(lambda: specdecode.generate(target, torch.tensor([[1, 2, 3]]), {"method": "eagle3"},
                                                    max_new_tokens=2))
-    assert "method 'eagle3' needs an EAGLE-3 head" in message and "method_options={'head': PATH}" in message
+    assert "method 'eagle3' needs an EAGLE-3 draft head trained for this target" in message
+    assert "method_options={'head': PATH}" in message and "speculators-format" in message
     assert "train-eagle --format speculators" in message
     with pytest.raises(ConfigError, match="Unknown option 'use_draft_vocab'"):
         specdecode.SpeculativeConfig(method="eagle3", method_options={"use_draft_vocab": False})
