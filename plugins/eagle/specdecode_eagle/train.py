@@ -32,6 +32,7 @@ Steps (see docs/methods/eagle.md); ``--format speculators`` trains an EAGLE-3 he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import sys
@@ -263,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     minutes = training_minutes(args, collect_seconds)
     train_tokens = sum(len(s.tokens) for s in train)
     log(f"{len(train)} training sequences ({train_tokens} tokens, {sum(len(s.tokens) for s in sampled)} of them "
-        f"sampled responses, {sum(len(s.tokens) for s in text)} teacher-forced text), {len(val)} held out; training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
+        f"sampled responses, {sum(len(s.tokens) for s in text)} teacher-forced text), {len(val)} held out; "
+        f"training for {minutes:.1f} minutes (or {args.max_epochs} epochs)")
 
     autocast = train_autocast_dtype(args.train_dtype)
     log(f"training the head's products in {autocast or torch.float32} (--train-dtype {args.train_dtype})")
@@ -656,7 +658,7 @@ class Trainer:
         """Per draft step: feature loss, token loss, top-1 agreement [N] and response flags [N] of its positions."""
         target, valid = batch["target"], batch["mask"].bool()
         with torch.no_grad(), torch.autocast("cpu", enabled=False):  # soft labels at the target's precision
-            target_logp = self.target_log_probs(target[valid].float())  # [N, V'], shared by all steps
+            target_logp = self.target_log_probs(target[valid])  # [N, V'], shared by all steps
         out = []
         for predicted, counts in self.steps(batch, noise):
             if not bool(counts.any()):  # sequences too short for this unrolled step
@@ -773,7 +775,8 @@ class Trainer:
                 lr = self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+                precision = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+                with precision:
                     parts = self.losses(self.batch(group), noise=self.feature_noise)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
