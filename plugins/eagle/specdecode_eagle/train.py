@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="response length collected per prompt")
     parser.add_argument("--sampled-responses", type=int, default=0,
                         help="also collect this many sampled responses per training prompt (first turns; more of the "
-                        "target's own text on the same tasks; default 0)")
+                        "target's own text on the same tasks; raising N later keeps the sets already collected; default 0)")
     parser.add_argument("--sampling-temperature", type=float, default=0.7,
                         help="temperature of the sampled responses (no top-k / top-p)")
     parser.add_argument("--max-prompt-tokens", type=int, default=320, help="long prompts lose their middle to fit")
@@ -396,14 +396,11 @@ def collect_or_load(
         "second_turns": args.second_turns, "max_new_tokens": args.max_new_tokens,
         "max_prompt_tokens": args.max_prompt_tokens}, layers,
         lambda: collect_responses(model, tokenizer, args, layers)) if args.num_prompts >= 0 else []
-    sampled = []
-    if args.sampled_responses > 0:
-        sampled = _cached(out / "sampled.pt", {
-            "format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
-            "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
-            "sampled_responses": args.sampled_responses, "temperature": args.sampling_temperature,
-            "seed": args.seed}, layers,
-            lambda: collect_sampled(model, tokenizer, args, layers))
+    sampled = _cached_sets(out / "sampled.pt", {
+        "format": DATA_FORMAT, "target": args.target, "num_prompts": args.num_prompts,
+        "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
+        "temperature": args.sampling_temperature, "seed": args.seed}, layers, args.sampled_responses,
+        lambda first, count: collect_sampled(model, tokenizer, args, layers, first=first, count=count))
     text = _cached(out / "text.pt", {
         "format": DATA_FORMAT, "target": args.target, "text_source": args.text_source,
         "text_tokens": args.text_tokens, "max_text_tokens": args.max_text_tokens, "seed": args.seed}, layers,
@@ -421,6 +418,36 @@ def _cached(path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, mak
                     for t, h, n, a in stored["samples"]]
     samples = make()
     torch.save({"key": key, "layers": None if layers is None else list(layers),
+                "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
+    return samples
+
+
+def _cached_sets(
+    path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, sets: int, make: Any
+) -> list[Sample]:
+    """The first ``sets`` equal-sized sets of samples (set k depends only on k and ``key``), read from ``path`` as far
+    as it has them; ``make(first, count)`` collects the missing ones and the cache grows, so asking for more sampled
+    responses later does not collect the earlier ones again."""
+    if sets <= 0:
+        return []
+    have: list[Sample] = []
+    have_sets = 0
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        kept = stored.get("layers")
+        old_key = {k: v for k, v in stored.get("key", {}).items() if k != "sampled_responses"}
+        if old_key == key and (layers is None or (kept is not None and tuple(kept) == tuple(layers))):
+            have_sets = int(stored["key"].get("sampled_responses", 0))
+            have = [Sample(tokens=t, hidden=h, prompt_length=int(n), aux=a if layers is not None else None)
+                    for t, h, n, a in stored["samples"]]
+    per_set = len(have) // have_sets if have_sets else 0
+    if have_sets >= sets:
+        log(f"reusing {sets} of {have_sets} sampled set(s) from {path}")
+        return have[: sets * per_set]
+    if have_sets:
+        log(f"reusing {have_sets} sampled set(s) from {path}; collecting {sets - have_sets} more")
+    samples = have + make(have_sets, sets - have_sets)
+    torch.save({"key": {**key, "sampled_responses": sets}, "layers": None if layers is None else list(layers),
                 "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
     return samples
 
@@ -504,17 +531,20 @@ def split_training(
 
 
 def collect_sampled(
-    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None
+    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None, first: int = 0,
+    count: int | None = None,
 ) -> list[Sample]:
-    """``--sampled-responses`` responses per training prompt (first turns), sampled at ``--sampling-temperature``
-    (seeded from ``--seed``), with their states: more of the target's own text on the same tasks, at decode speed."""
+    """Sets ``first`` .. ``first + count - 1`` of ``--sampled-responses`` (one response per training prompt, first
+    turns, each set sampled at ``--sampling-temperature`` and seeded from ``--seed`` and its index alone), with their
+    states: more of the target's own text on the same tasks, at decode speed."""
     _, _, prompts, _ = _training_prompts(tokenizer, args)
     eos_ids, pad = _stop_and_pad(model, tokenizer)
     t = time.perf_counter()
     samples: list[Sample] = []
-    for k in range(args.sampled_responses):
+    last = args.sampled_responses if count is None else first + count
+    for k in range(first, last):
         torch.manual_seed(args.seed + 1 + k)
-        with _bar(len(prompts), f"sampled {k + 1}/{args.sampled_responses}", not args.quiet) as bar:
+        with _bar(len(prompts), f"sampled {k + 1}/{last}", not args.quiet) as bar:
             _, got = collect(
                 model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.collect_batch_size,
                 eos_token_ids=eos_ids, pad_token_id=pad, progress=bar, layers=layers,

@@ -11,6 +11,7 @@ from specdecode_eagle.data import CATEGORIES, Question, Sample, collect, round_r
 from specdecode_eagle.head import EagleHead, HeadConfig
 from specdecode_eagle.train import (
     Trainer,
+    _cached_sets,
     add_arguments,
     pick_draft_vocab,
     split_training,
@@ -60,6 +61,30 @@ def test_sampled_responses_are_seeded_and_their_states_match_an_unpadded_forward
         with torch.no_grad():
             reference = target(input_ids=s.tokens.unsqueeze(0), output_hidden_states=True)
         torch.testing.assert_close(s.hidden.float(), reference.hidden_states[-1][0], atol=2e-2, rtol=2e-2)
+
+
+def test_more_sampled_sets_reuse_the_cached_ones(tmp_path):
+    """Asking for more sampled responses later collects only the missing sets; asking for fewer reads a prefix; a
+    changed option collects everything again."""
+    path, key, calls = tmp_path / "sampled.pt", {"temperature": 0.7, "seed": 0}, []
+
+    def make(first, count):
+        calls.append((first, count))
+        return [Sample(tokens=torch.tensor([k, p]), hidden=torch.zeros(2, 4), prompt_length=1)
+                for k in range(first, first + count) for p in range(3)]
+
+    def sets(samples):
+        return [int(s.tokens[0]) for s in samples]
+
+    assert sets(_cached_sets(path, key, None, 2, make)) == [0, 0, 0, 1, 1, 1] and calls == [(0, 2)]
+    assert sets(_cached_sets(path, key, None, 4, make)) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert calls == [(0, 2), (2, 2)]
+    assert sets(_cached_sets(path, key, None, 1, make)) == [0, 0, 0] and calls == [(0, 2), (2, 2)]
+    assert sets(_cached_sets(path, key, None, 4, make)) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert len(calls) == 2  # all four read back
+    assert _cached_sets(path, key, None, 0, make) == [] and len(calls) == 2
+    assert sets(_cached_sets(path, {**key, "temperature": 1.0}, None, 1, make)) == [0, 0, 0]
+    assert calls[-1] == (0, 1)
 
 
 def test_sampled_responses_to_held_out_prompts_are_not_trained_on():
