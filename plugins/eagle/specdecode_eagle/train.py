@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import random
 import sys
@@ -298,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         "target": args.target,
         "format": args.format,
         "initialised_from": args.init,
+        "init_record": init_record(args.init) if args.init else None,
         "trained": {
             "data": "; ".join(sources),
             "num_prompts": len(responses),
@@ -371,6 +373,18 @@ def _initial_head(args: argparse.Namespace, model: Any) -> tuple[nn.Module, torc
     start = load_head(args.init)
     check_fits_target(start, model)
     return start.head.float(), start.draft_vocab
+
+
+def init_record(head_dir: str | Path) -> dict[str, Any] | None:
+    """How the ``--init`` head was made, from its own specdecode.json (its training record, validation and, nested,
+    its own init_record), so a head trained in several runs keeps the whole lineage; None when it has no record."""
+    path = Path(head_dir) / "specdecode.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    kept = {key: meta[key] for key in ("initialised_from", "init_record", "trained", "validation") if key in meta}
+    return kept or None
 
 
 VALIDATE_SECONDS_PER_PROMPT = 15.0  # reserve for the acceptance check (SmolLM2-135M, 64 tokens, 2 threads: ~5 s)

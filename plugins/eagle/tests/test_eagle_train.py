@@ -2,6 +2,7 @@
 and training lowers the loss."""
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from specdecode_eagle.train import (
     Trainer,
     _cached_sets,
     add_arguments,
+    init_record,
     pick_draft_vocab,
     split_training,
     train_autocast_dtype,
@@ -85,6 +87,23 @@ def test_more_sampled_sets_reuse_the_cached_ones(tmp_path):
     assert _cached_sets(path, key, None, 0, make) == [] and len(calls) == 2
     assert sets(_cached_sets(path, {**key, "temperature": 1.0}, None, 1, make)) == [0, 0, 0]
     assert calls[-1] == (0, 1)
+
+
+def test_a_continued_head_keeps_the_record_of_the_head_it_started_from(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "specdecode.json").write_text(json.dumps({
+        "target": "t", "initialised_from": None, "init_record": None, "trained": {"epochs": 11},
+        "validation": {"mean_acceptance_length": 1.58}, "calibration": {"ratio_per_position": [1.0]}}))
+    record = init_record(first)
+    assert record == {"initialised_from": None, "init_record": None, "trained": {"epochs": 11},
+                      "validation": {"mean_acceptance_length": 1.58}}
+    (second / "specdecode.json").write_text(json.dumps({"initialised_from": str(first), "init_record": record,
+                                                        "trained": {"epochs": 3}}))
+    assert init_record(second)["init_record"]["trained"] == {"epochs": 11}  # nested: the whole lineage
+    assert init_record(tmp_path) is None  # no record (an EAGLE authors' head, say)
+    (first / "specdecode.json").write_text("{not json")
+    assert init_record(first) is None
 
 
 def test_sampled_responses_to_held_out_prompts_are_not_trained_on():
