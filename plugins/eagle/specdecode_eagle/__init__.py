@@ -135,12 +135,13 @@ def load_drafter(target: Any, head_path: str | os.PathLike | None = None, use_dr
     return _cached(target, (str(path.resolve()), use_draft_vocab), build)
 
 
-def load_eagle3_drafter(target: Any, head_path: str | os.PathLike) -> Any:
-    """An :class:`~specdecode_eagle.eagle3.Eagle3Drafter` for ``target`` (cached per target and head path)."""
+def load_eagle3_drafter(target: Any, head_path: str | os.PathLike | None = None) -> Any:
+    """An :class:`~specdecode_eagle.eagle3.Eagle3Drafter` for ``target`` (cached per target and head path; the
+    shipped EAGLE-3 head when ``head_path`` is None and the target has SmolLM2-135M's shape)."""
     from .eagle3 import Eagle3Drafter
     from .eagle3_checkpoint import load_eagle3_head
 
-    path = Path(head_path).expanduser()
+    path = Path(head_path).expanduser() if head_path is not None else default_head_path(target, "eagle3")
 
     def build() -> Any:
         from .train_eagle3 import read_calibration
@@ -186,7 +187,7 @@ def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3O
     from .proposer import EagleProposer
 
     path = _head_path("eagle3", config, options)
-    drafter = load_eagle3_drafter(model, path if path is not None else default_head_path(model, "eagle3"))
+    drafter = load_eagle3_drafter(model, path)
     return EagleProposer(drafter, options)
 
 

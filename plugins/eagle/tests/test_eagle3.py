@@ -377,3 +377,10 @@ def test_no_head_is_a_clear_error(target):
     assert "train-eagle --format speculators" in message
     with pytest.raises(ConfigError, match="Unknown option 'use_draft_vocab'"):
         specdecode.SpeculativeConfig(method="eagle3", method_options={"use_draft_vocab": False})
+
+
+def test_no_head_path_means_the_shipped_head_or_a_config_error_naming_the_option(target):
+    """load_eagle3_drafter(target) without a path (as benchmarks/bench_eagle.py calls it) takes the shipped head for
+    SmolLM2's shape; for any other target it says what to pass instead of failing on the missing path."""
+    message = _message(lambda: load_eagle3_drafter(target))
+    assert "method 'eagle3' needs an EAGLE-3 draft head" in message and "method_options={'head': PATH}" in message
