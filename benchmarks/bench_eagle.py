@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
     parser.add_argument("--tree-widths", default="2", help="comma-separated tree widths (1 = chain drafting)")
     parser.add_argument("--tree-nodes", type=int, default=8, help="most tree nodes per step")
+    parser.add_argument("--cost-jump", type=float, default=None,
+                        help="the back-off's verify-cost curve, 1 + jump + per_token * k (default: the kernel's)")
+    parser.add_argument("--cost-per-token", type=float, default=None, help="see --cost-jump")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-kernel-baseline", dest="kernel_baseline", action="store_false",
                         help="skip plain generate on specdecode's linear kernel")
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up so the first timed run does not pay for lazy initialisation.
     warm = prompts[0][1]
     model.generate(warm, max_new_tokens=4, do_sample=False)
-    options = {"adaptive": args.backoff, "tree_nodes": args.tree_nodes}
+    options = {"adaptive": args.backoff, "tree_nodes": args.tree_nodes, "cost_jump": args.cost_jump,
+               "cost_per_token": args.cost_per_token}
     warm_config = {"method": args.method, "method_options": options, **({"model": args.head} if args.head else {})}
     specdecode.generate(model, warm, warm_config, max_new_tokens=4, do_sample=False)
 
