@@ -18,6 +18,20 @@ def _reference(x, w, b=None):
 
 
 @native
+@pytest.mark.parametrize("rows", [5, 8, 9, 13, 17, 32])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(rows):
+    """Rows are grouped (9 rows: 5 + 4) only to share weight reads: each row's sums are bit-identical to the same row
+    alone, which is what keeps a verify pass's logits independent of how many drafts ride along."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 576, generator=gen)
+    w = torch.randn(300, 576, generator=gen)
+    with torch.inference_mode(), kernels.few_rows_linear(mode="native"):
+        together = kernels.linear(x, w)
+        alone = torch.cat([kernels.linear(x[i : i + 1], w) for i in range(rows)])
+    assert torch.equal(together, alone)
+
+
+@native
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 17, 32])
 @pytest.mark.parametrize("features", [8, 20, 576])
 def test_native_kernel_matches_linear(rows, features):
