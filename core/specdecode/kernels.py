@@ -12,8 +12,8 @@ float32 tensors, only for 1..MAX_ROWS rows; GPUs keep their own kernels:
 
 * ``native`` (the default where it can be built): a small C kernel (csrc/few_rows_linear.c, AVX2 + FMA, OpenMP)
   that streams each weight row once for up to 8 token rows (more rows: groups of equal size), requesting weight
-  rows a few ahead so DRAM keeps streaming while 5-8 rows' arithmetic runs. It is compiled on first use with the system C compiler
-  into the cache directory (~1 s) and loaded with ctypes. 1-6 rows cost about what reading the weights costs, so a
+  rows a few ahead so DRAM keeps streaming while 5-8 rows' arithmetic runs. It is compiled on first use with the
+  system C compiler into the cache directory (~1 s) and loaded with ctypes. 1-6 rows cost about what reading the weights costs, so a
   verify over a few drafts costs about what a decode step costs. Without a compiler, on other CPUs, or when the
   build fails (one warning says why), the ``torch`` path is used.
 * ``torch``: ``(W @ x^T)^T`` for 2..MAX_ROWS rows, which streams each weight once through MKL (2 tokens

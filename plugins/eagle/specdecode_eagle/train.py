@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
 import sys
@@ -252,8 +251,9 @@ def run(args: argparse.Namespace) -> int:
             f"text tokens in {collect_seconds:.0f}s; stopping (--collect-only)")
         return 0
     train, val = split_training(responses, sampled, text, args.validation_fraction, args.seed)
+    lineage = None
     if args.init:
-        head, draft_vocab = _initial_head(args, model)
+        head, draft_vocab, lineage = _initial_head(args, model)
     else:
         draft_vocab = pick_draft_vocab(train, model.config.vocab_size, args.draft_vocab_size)
         if eagle3:
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         "target": args.target,
         "format": args.format,
         "initialised_from": args.init,
-        "init_record": init_record(args.init) if args.init else None,
+        "init_record": lineage,
         "trained": {
             "data": "; ".join(sources),
             "num_prompts": len(responses),
@@ -353,8 +353,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _initial_head(args: argparse.Namespace, model: Any) -> tuple[nn.Module, torch.Tensor | None]:
-    """The head of ``--init`` (fp32), of the generation ``--format`` asks for, and its draft vocabulary."""
+def _initial_head(
+    args: argparse.Namespace, model: Any
+) -> tuple[nn.Module, torch.Tensor | None, dict[str, Any] | None]:
+    """The head of ``--init`` (fp32), of the generation ``--format`` asks for, its draft vocabulary, and how it was
+    made (:func:`init_record`)."""
     from specdecode.toolkit import invalid
 
     from .checkpoint import EAGLE3_FORMATS, head_format
@@ -366,24 +369,23 @@ def _initial_head(args: argparse.Namespace, model: Any) -> tuple[nn.Module, torc
     if args.format == "speculators":
         from .eagle3 import check_fits_target as check_eagle3
         from .eagle3_checkpoint import load_eagle3_head
+        from .train_eagle3 import read_training_record
 
         checkpoint = load_eagle3_head(args.init)
         check_eagle3(checkpoint.head, model, f"EAGLE-3 head at {args.init}")
-        return checkpoint.head.float().train(), checkpoint.head.draft_token_ids()
+        return (checkpoint.head.float().train(), checkpoint.head.draft_token_ids(),
+                init_record(read_training_record(args.init)))
     start = load_head(args.init)
     check_fits_target(start, model)
-    return start.head.float(), start.draft_vocab
+    return start.head.float(), start.draft_vocab, init_record(start.meta)
 
 
-def init_record(head_dir: str | Path) -> dict[str, Any] | None:
-    """How the ``--init`` head was made, from its own specdecode.json (its training record, validation and, nested,
-    its own init_record), so a head trained in several runs keeps the whole lineage; None when it has no record."""
-    path = Path(head_dir) / "specdecode.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    kept = {key: meta[key] for key in ("initialised_from", "init_record", "trained", "validation") if key in meta}
+def init_record(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a head was made, from the record it was saved with (an EAGLE-3 head's specdecode.json, an EAGLE-1/2
+    head's eagle_head.json): its training record, validation and, nested, its own init_record, so a head trained in
+    several runs keeps the whole lineage. None when it has no record."""
+    kept = {key: meta[key] for key in ("initialised_from", "init_record", "trained", "validation") if key in meta} \
+        if meta else {}
     return kept or None
 
 
@@ -423,16 +425,12 @@ def collect_or_load(
 
 
 def _cached(path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, make: Any) -> list[Sample]:
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        kept = stored.get("layers")
-        if stored.get("key") == key and (layers is None or (kept is not None and tuple(kept) == tuple(layers))):
-            log(f"reusing collected data from {path}")
-            return [Sample(tokens=t, hidden=h, prompt_length=int(n), aux=a if layers is not None else None)
-                    for t, h, n, a in stored["samples"]]
+    stored = _read_samples(path, layers)
+    if stored is not None and stored[0] == key:
+        log(f"reusing collected data from {path}")
+        return stored[1]
     samples = make()
-    torch.save({"key": key, "layers": None if layers is None else list(layers),
-                "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
+    _write_samples(path, key, layers, samples)
     return samples
 
 
@@ -446,24 +444,38 @@ def _cached_sets(
         return []
     have: list[Sample] = []
     have_sets = 0
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        kept = stored.get("layers")
-        old_key = {k: v for k, v in stored.get("key", {}).items() if k != "sampled_responses"}
-        if old_key == key and (layers is None or (kept is not None and tuple(kept) == tuple(layers))):
-            have_sets = int(stored["key"].get("sampled_responses", 0))
-            have = [Sample(tokens=t, hidden=h, prompt_length=int(n), aux=a if layers is not None else None)
-                    for t, h, n, a in stored["samples"]]
-    per_set = len(have) // have_sets if have_sets else 0
+    stored = _read_samples(path, layers)
+    if stored is not None:
+        stored_key, samples = stored
+        if {k: v for k, v in stored_key.items() if k != "sampled_responses"} == key:
+            have, have_sets = samples, int(stored_key.get("sampled_responses", 0))
     if have_sets >= sets:
         log(f"reusing {sets} of {have_sets} sampled set(s) from {path}")
-        return have[: sets * per_set]
+        return have[: sets * (len(have) // have_sets)]
     if have_sets:
         log(f"reusing {have_sets} sampled set(s) from {path}; collecting {sets - have_sets} more")
     samples = have + make(have_sets, sets - have_sets)
-    torch.save({"key": {**key, "sampled_responses": sets}, "layers": None if layers is None else list(layers),
-                "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
+    _write_samples(path, {**key, "sampled_responses": sets}, layers, samples)
     return samples
+
+
+def _read_samples(path: Path, layers: tuple[int, ...] | None) -> tuple[dict[str, Any], list[Sample]] | None:
+    """(the options they were collected with, the samples) cached at ``path``, or None when there is no cache or it
+    lacks the states of ``layers`` (a cache with them serves a run that needs none)."""
+    if not path.exists():
+        return None
+    stored = torch.load(path, weights_only=True)
+    kept = stored.get("layers")
+    if layers is not None and (kept is None or tuple(kept) != tuple(layers)):
+        return None
+    samples = [Sample(tokens=t, hidden=h, prompt_length=int(n), aux=a if layers is not None else None)
+               for t, h, n, a in stored["samples"]]
+    return stored.get("key") or {}, samples
+
+
+def _write_samples(path: Path, key: dict[str, Any], layers: tuple[int, ...] | None, samples: list[Sample]) -> None:
+    torch.save({"key": key, "layers": None if layers is None else list(layers),
+                "samples": [(s.tokens, s.hidden, s.prompt_length, s.aux) for s in samples]}, path)
 
 
 def collect_text(model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None) -> list[Sample]:
@@ -545,8 +557,7 @@ def split_training(
 
 
 def collect_sampled(
-    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None, first: int = 0,
-    count: int | None = None,
+    model: Any, tokenizer: Any, args: argparse.Namespace, layers: tuple[int, ...] | None, first: int, count: int
 ) -> list[Sample]:
     """Sets ``first`` .. ``first + count - 1`` of ``--sampled-responses`` (one response per training prompt, first
     turns, each set sampled at ``--sampling-temperature`` and seeded from ``--seed`` and its index alone), with their
@@ -555,7 +566,7 @@ def collect_sampled(
     eos_ids, pad = _stop_and_pad(model, tokenizer)
     t = time.perf_counter()
     samples: list[Sample] = []
-    last = args.sampled_responses if count is None else first + count
+    last = first + count
     for k in range(first, last):
         torch.manual_seed(args.seed + 1 + k)
         with _bar(len(prompts), f"sampled {k + 1}/{last}", not args.quiet) as bar:

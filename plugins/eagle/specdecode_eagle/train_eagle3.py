@@ -101,13 +101,23 @@ def save_eagle3(head: Eagle3Head, directory: Path, *, verifier: str | None, meta
     (Path(directory) / TRAINING_RECORD).write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def read_calibration(directory: Path) -> list[float] | None:
-    """The calibration ratios train-eagle measured for the EAGLE-3 head at ``directory`` (None when absent)."""
+def read_training_record(directory: str | Path) -> dict[str, Any] | None:
+    """``specdecode.json`` beside an EAGLE-3 head (what train-eagle wrote), or None when absent or unreadable."""
     path = Path(directory) / TRAINING_RECORD
     if not path.is_file():
         return None
     try:
-        ratios = (json.loads(path.read_text()).get("calibration") or {}).get("ratio_per_position")
-    except (json.JSONDecodeError, AttributeError):
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_calibration(directory: Path) -> list[float] | None:
+    """The calibration ratios train-eagle measured for the EAGLE-3 head at ``directory`` (None when absent)."""
+    record = read_training_record(directory)
+    try:
+        ratios = ((record or {}).get("calibration") or {}).get("ratio_per_position")
+    except AttributeError:
         return None
     return [float(r) for r in ratios] if ratios else None

@@ -19,6 +19,7 @@ from specdecode_eagle.train import (
     split_training,
     train_autocast_dtype,
 )
+from specdecode_eagle.train_eagle3 import read_training_record
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
 VOCAB = 48
@@ -95,15 +96,17 @@ def test_a_continued_head_keeps_the_record_of_the_head_it_started_from(tmp_path)
     (first / "specdecode.json").write_text(json.dumps({
         "target": "t", "initialised_from": None, "init_record": None, "trained": {"epochs": 11},
         "validation": {"mean_acceptance_length": 1.58}, "calibration": {"ratio_per_position": [1.0]}}))
-    record = init_record(first)
+    record = init_record(read_training_record(first))
     assert record == {"initialised_from": None, "init_record": None, "trained": {"epochs": 11},
                       "validation": {"mean_acceptance_length": 1.58}}
     (second / "specdecode.json").write_text(json.dumps({"initialised_from": str(first), "init_record": record,
                                                         "trained": {"epochs": 3}}))
-    assert init_record(second)["init_record"]["trained"] == {"epochs": 11}  # nested: the whole lineage
-    assert init_record(tmp_path) is None  # no record (an EAGLE authors' head, say)
+    assert init_record(read_training_record(second))["init_record"]["trained"] == {"epochs": 11}  # the lineage
+    # An EAGLE-1/2 head's record is its eagle_head.json (HeadCheckpoint.meta): the same keys are kept.
+    assert init_record({"format": "specdecode-eagle", "head": {}, "trained": {"epochs": 2}}) == {"trained": {"epochs": 2}}
+    assert init_record(read_training_record(tmp_path)) is None  # no record (an EAGLE authors' head, say)
     (first / "specdecode.json").write_text("{not json")
-    assert init_record(first) is None
+    assert init_record(read_training_record(first)) is None
 
 
 def test_sampled_responses_to_held_out_prompts_are_not_trained_on():
