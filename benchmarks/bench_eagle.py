@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)")
     parser.add_argument("--tree-widths", default="2", help="comma-separated tree widths (1 = chain drafting)")
     parser.add_argument("--tree-nodes", type=int, default=8, help="most tree nodes per step")
+    parser.add_argument("--prompt-lookup", action=argparse.BooleanOptionalAction, default=True,
+                        help="prompt lookup's continuation joins the head's drafts (method_options.prompt_lookup); "
+                        "--no-prompt-lookup: the head alone")
     parser.add_argument("--cost-jump", type=float, default=None,
                         help="the back-off's verify-cost curve, 1 + jump + per_token * k (default: the kernel's)")
     parser.add_argument("--cost-per-token", type=float, default=None, help="see --cost-jump")
@@ -122,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     drafter = (load_eagle3_drafter if args.method == "eagle3" else load_drafter)(model, args.head)
     prompts = held_out_prompts(tokenizer, args.per_category, categories, args.questions)
     print(f"{args.method} head {args.head or '(shipped)'}: {len(prompts)} held-out prompts, "
-          f"{args.max_new_tokens} new tokens, {[label(k) for k in ks]}, "
+          f"{args.max_new_tokens} new tokens, {[label(k) for k in ks]}, prompt lookup "
+          f"{'on' if args.prompt_lookup else 'off'}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
 
     # Warm-up so the first timed run does not pay for lazy initialisation.
     warm = prompts[0][1]
     model.generate(warm, max_new_tokens=4, do_sample=False)
     options = {"adaptive": args.backoff, "tree_nodes": args.tree_nodes, "cost_jump": args.cost_jump,
-               "cost_per_token": args.cost_per_token}
+               "cost_per_token": args.cost_per_token, "prompt_lookup": args.prompt_lookup}
     warm_config = {"method": args.method, "method_options": options, **({"model": args.head} if args.head else {})}
     specdecode.generate(model, warm, warm_config, max_new_tokens=4, do_sample=False)
 

@@ -10,7 +10,8 @@ every name.
   :func:`new_cache` and :func:`crop_to` for caches a proposer manages itself; :func:`cache_kwarg_name`.
 * Costs: :func:`verify_cost` (the loop's verify cost on a device), :class:`StepPlan` and
   :func:`best_draft_length` (how many drafts pay for themselves), :func:`expected_tokens`.
-* Bookkeeping: :class:`SequenceReader` (each sequence's unread tokens), :func:`left_pad`.
+* Bookkeeping: :class:`SequenceReader` (each sequence's unread tokens), :func:`left_pad`, :class:`NgramIndex`
+  (prompt lookup's index: the continuation of the longest earlier match of the current suffix).
 * Options: :mod:`validators` (attrs validators with specdecode's messages) and :func:`invalid`.
 * Models: :func:`load_model`, :func:`resolve_model_path` (embedded names, directories, .gguf files), and
   :func:`few_rows_linear` / :func:`linear` (the loop's CPU kernel for a proposer's own models and products).
@@ -24,12 +25,14 @@ from .cache import TokenCache, cache_kwarg_name, crop_to, keep_past, new_cache
 from .costs import MARGIN, StepPlan, VerifyCost, best_draft_length, expected_tokens, verify_cost
 from .errors import invalid
 from .kernels import few_rows_linear, linear
+from .lookup import NgramIndex
 from .models import load_model, resolve_model_path
 from .proposer import SequenceReader
 from .sampling import draft_distribution, draw, sample, warp_logits, warp_probs
 
 __all__ = [
     "MARGIN",
+    "NgramIndex",
     "SequenceReader",
     "StepPlan",
     "TokenCache",

@@ -50,10 +50,16 @@ class HeadOptions:
     run less and less often (at most every ``max_skip`` + 1 steps). ``adaptive=False`` drafts exactly K tokens
     every step (for measuring raw acceptance). Costs are relative to one plain decode step of the target: a draft
     step costs ``draft_cost``, a verify pass over k drafts ``1 + cost_jump + cost_per_token * k`` (None: the
-    core's curve for the device and linear kernel in use, ``specdecode.toolkit.verify_cost``). ``confidence_prior``: the
-    acceptance
-    chance per unit of head confidence assumed before this generation's verify results correct it (None: the
-    ratios train-eagle measured for the head, stored in its eagle_head.json; 0.7 for a head without them).
+    core's curve for the device and linear kernel in use, ``specdecode.toolkit.verify_cost``).
+    ``confidence_prior``: the acceptance chance per unit of head confidence assumed before this generation's verify
+    results correct it (None: the ratios train-eagle measured for the head, stored in its eagle_head.json; 0.7 for a
+    head without them).
+    ``tree_width`` / ``tree_nodes``: each expanded node's candidates and the most nodes the head adds to a tree.
+
+    ``prompt_lookup`` (default on): prompt lookup's continuation (the config's ``prompt_lookup_min`` /
+    ``prompt_lookup_max``) joins the head's drafts, as one more tree branch or, in a chain, instead of the head's
+    when its first draft is the better bet; it is drafted only as far as it pays. False: the head's drafts alone
+    (what measuring a head's acceptance wants).
     """
 
     head: str | None = attrs.field(default=None, validator=validators.path())
@@ -67,6 +73,7 @@ class HeadOptions:
     max_skip: int = attrs.field(default=16, validator=validators.integer(0))
     tree_width: int = attrs.field(default=2, validator=validators.integer(1))
     tree_nodes: int = attrs.field(default=8, validator=validators.integer(1))
+    prompt_lookup: bool = attrs.field(default=True, validator=validators.boolean())
 
 
 @attrs.frozen(kw_only=True)
@@ -180,7 +187,7 @@ def _factory(model: Any, config: specdecode.SpeculativeConfig, options: EagleOpt
     from .proposer import EagleProposer
 
     drafter = load_drafter(model, _head_path("eagle", config, options), options.use_draft_vocab)
-    return EagleProposer(drafter, options)
+    return EagleProposer(drafter, options, _lookup_window(config, options))
 
 
 def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3Options) -> Any:
@@ -188,7 +195,11 @@ def _factory3(model: Any, config: specdecode.SpeculativeConfig, options: Eagle3O
 
     path = _head_path("eagle3", config, options)
     drafter = load_eagle3_drafter(model, path)
-    return EagleProposer(drafter, options)
+    return EagleProposer(drafter, options, _lookup_window(config, options))
+
+
+def _lookup_window(config: specdecode.SpeculativeConfig, options: HeadOptions) -> tuple[int, int] | None:
+    return config.prompt_lookup_window if options.prompt_lookup else None
 
 
 @specdecode.hookimpl
@@ -206,7 +217,7 @@ def specdecode_proposers():
             factory=_factory3,
             options_class=Eagle3Options,
             description="EAGLE-3: a one-layer draft head over three of the target's layers (speculators / vLLM "
-            "format; no built-in head yet).",
+            "format; built-in head for SmolLM2-135M-Instruct).",
         ),
     ]
 

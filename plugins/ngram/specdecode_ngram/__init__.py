@@ -18,7 +18,9 @@ import attrs
 import specdecode
 import torch
 from specdecode import PerSequenceProposer, ProposerSpec, StartContext, VerifyResult
-from specdecode.toolkit import SequenceReader, best_draft_length, validators, verify_cost
+from specdecode.toolkit import NgramIndex, SequenceReader, best_draft_length, validators, verify_cost
+
+__all__ = ["AcceptanceModel", "NgramIndex", "NgramOptions", "NgramProposer"]
 
 
 @attrs.frozen(kw_only=True)
@@ -34,38 +36,6 @@ class NgramOptions:
     # for the device and linear kernel in use (specdecode.toolkit.verify_cost; `specdecode tune` measures yours).
     cost_jump: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
     cost_per_token: float | None = attrs.field(default=None, validator=validators.number(0, optional=True))
-
-
-class NgramIndex:
-    """Maps every n-gram (min_n <= n <= max_n) of a growing token list to where its latest continuation starts."""
-
-    def __init__(self, min_n: int, max_n: int):
-        self.min_n, self.max_n = min_n, max_n
-        self.tokens: list[int] = []
-        self.tables: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
-
-    def extend(self, new_tokens: list[int]) -> None:
-        tokens = self.tokens
-        for token in new_tokens:
-            # Token at position i = len(tokens) gives every n-gram ending just before it a continuation at i.
-            i = len(tokens)
-            for n, table in self.tables.items():
-                if i >= n:
-                    table[tuple(tokens[i - n : i])] = i
-            tokens.append(token)
-
-    def match(self, num_tokens: int) -> tuple[list[int], int]:
-        """(continuation of the longest suffix match, up to ``num_tokens`` tokens; its n-gram length), or ([], 0)."""
-        tokens = self.tokens
-        length = len(tokens)
-        for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
-            start = self.tables[n].get(tuple(tokens[length - n :]))
-            if start is not None:
-                return tokens[start : start + num_tokens], n
-        return [], 0
-
-    def lookup(self, num_tokens: int) -> list[int]:
-        return self.match(num_tokens)[0]
 
 
 class AcceptanceModel:
