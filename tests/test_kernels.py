@@ -180,5 +180,5 @@ def test_verify_cost_curves():
     assert curve(1) == pytest.approx(1.0 + curve.jump + curve.per_token)
     assert curve(5) > curve(1) > 1.0
     assert costs.verify_cost("meta") == costs._CPU_VERIFY_COSTS["torch"]
-    assert costs.verify_cost("cpu", jump=0.0) == costs.VerifyCost(0.0, curve.per_token)
-    assert costs.verify_cost("cpu", per_token=0.3) == costs.VerifyCost(curve.jump, 0.3)
+    assert costs.verify_cost("cpu", jump=0.0) == curve._replace(jump=0.0)
+    assert costs.verify_cost("cpu", per_token=0.3) == curve._replace(per_token=0.3)

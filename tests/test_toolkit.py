@@ -32,6 +32,20 @@ def test_best_draft_length_maximises_tokens_per_cost():
     assert best_draft_length([0.9, 0.8, 0.1], VerifyCost(0.5, 0.1)) == 2
 
 
+def test_a_new_group_of_rows_costs_its_jump():
+    """With groups of 8 rows the 8th draft (the 9th row) starts a second group, the 16th a third."""
+    grouped = VerifyCost(jump=0.2, per_token=0.1, group_rows=8, group_jump=0.3)
+    plain = VerifyCost(jump=0.2, per_token=0.1)
+    assert [grouped(k) - plain(k) for k in (0, 1, 7, 8, 15, 16)] == pytest.approx([0, 0, 0, 0.3, 0.3, 0.6])
+    slots = [grouped.slot(i) for i in range(16)]
+    assert sum(slots) == pytest.approx(grouped(16) - 1.0)  # the slots add up to the curve
+    assert slots[7] == slots[15] == pytest.approx(0.4) and slots[6] == slots[8] == pytest.approx(0.1)
+    # Nine drafts that each survive with 0.9: all pay for 0.1 slots (k=9: 9.1 tokens / 2.1 steps), but the 8th and
+    # 9th do not pay for opening a second group (k=7: 7.3 / 1.9 = 3.84 against k=9: 9.1 / 2.4 = 3.79).
+    assert best_draft_length([0.9] * 9, plain) == 9
+    assert best_draft_length([0.9] * 9, grouped) == 7
+
+
 def test_step_plan_keeps_a_draft_while_it_pays_for_its_slot():
     plan = StepPlan(VerifyCost(jump=0.2, per_token=0.1), margin=1.0)
     assert plan.slot() == pytest.approx(0.3)  # the first draft pays the jump too

@@ -31,24 +31,35 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 class VerifyCost(NamedTuple):
-    """A verify pass over k drafts costs ``1 + jump + per_token * k`` plain decode steps."""
+    """A verify pass over k drafts costs ``1 + jump + per_token * k`` plain decode steps, plus ``group_jump`` for
+    every further ``group_rows`` rows beyond the first group (the native kernel reads the weights once per group of
+    up to 8 token rows: the last token and the drafts). ``group_rows`` 0: no groups."""
 
     jump: float
     per_token: float
+    group_rows: int = 0
+    group_jump: float = 0.0
 
     def __call__(self, k: int) -> float:
-        return 1.0 if k == 0 else 1.0 + self.jump + self.per_token * k
+        if k == 0:
+            return 1.0
+        extra_groups = k // self.group_rows if self.group_rows > 0 else 0  # k + 1 rows
+        return 1.0 + self.jump + self.per_token * k + self.group_jump * extra_groups
 
     def slot(self, index: int) -> float:
-        """What draft number ``index`` (0-based) adds: the first one also pays the jump."""
-        return self.per_token + (self.jump if index == 0 else 0.0)
+        """What draft number ``index`` (0-based) adds: the first one also pays the jump, one that starts a new group
+        of rows the group jump."""
+        new_group = self.group_rows > 0 and (index + 1) % self.group_rows == 0
+        return self.per_token + (self.jump if index == 0 else 0.0) + (self.group_jump if new_group else 0.0)
 
 
 # Measured with `specdecode tune`'s curve (SmolLM2-135M, fp32, 2 AMD EPYC cores, a 600-token cache), relative to a
 # decode step on the same path. The native kernel makes every step cheaper but the first extra row dearer in
 # relative terms: a multi-token step also builds an attention mask and expands the grouped KV heads.
 _CPU_VERIFY_COSTS = {
-    "native": VerifyCost(jump=0.20, per_token=0.06),
+    # A 9th row starts a second pass over the weights: 8 rows ~28-35 ms, 9 rows ~34-43 ms, 1 row ~20-22 ms (300-
+    # and 1000-token caches), so +0.3 of a decode step.
+    "native": VerifyCost(jump=0.20, per_token=0.06, group_rows=8, group_jump=0.3),
     "torch": VerifyCost(jump=0.05, per_token=0.09),
     "off": VerifyCost(jump=0.45, per_token=0.12),
 }
@@ -67,8 +78,8 @@ def verify_cost(
 
     kind = torch.device(device).type if device is not None else "cpu"
     default = _CPU_VERIFY_COSTS["torch" if kind != "cpu" else backend()]
-    return VerifyCost(
-        default.jump if jump is None else jump, default.per_token if per_token is None else per_token
+    return default._replace(
+        jump=default.jump if jump is None else jump, per_token=default.per_token if per_token is None else per_token
     )
 
 
