@@ -48,8 +48,11 @@ while it pays for its verify slot, valued by a second :class:`Calibration` (its 
 length, as method ``ngram`` uses), and a head candidate equal to one of them is that node (no second slot; the head
 can expand it). In a chain, the lookup continuation replaces the head's chain when its first token's estimate beats
 the head's d_1 (decided from q_1's maximum, never from drawn tokens). Steps that skip the head still propose
-lookup continuations that pay. Lookup drafts are deterministic, which rejection sampling and the core's tree
-acceptance handle losslessly.
+lookup continuations that pay. Where the target copies, the head can cost more than it adds beside lookup: after
+every tree step the tokens only the head's nodes gave are weighed against its passes and verify rows (in tokens at
+the step's planned rate), and when a window of steps says it does not pay, the head is skipped for 2, 4, ... up to
+``max_skip`` steps while lookup drafts alone. Lookup drafts are deterministic, which rejection sampling and the
+core's tree acceptance handle losslessly.
 
 Every decision depends on tokens and verify results only, never on timings, so seeded sampling stays reproducible.
 """
@@ -130,6 +133,7 @@ class EagleProposer(Proposer):
     # accepted ~0.45 / ~0.75 of the time after a 2 / 3-token match and a later one ~0.75-0.85; a fit to those
     # (0.05 + 0.23n) did worse on the benchmark than this prior, which overrates long matches less.
     LOOKUP_FIRST, LOOKUP_PER_NGRAM, LOOKUP_LATER = 0.35, 0.1, (0.8,)
+    HEAD_WORTH_WINDOW = 8  # tree steps over which the head's worth beside prompt lookup is judged (a decay horizon)
 
     def __init__(self, drafter: EagleDrafter, options=None, lookup_window: tuple[int, int] | None = None):
         from . import EagleOptions
@@ -162,6 +166,9 @@ class EagleProposer(Proposer):
         self.lookup_calibration = Calibration(1.0)  # lookup confidences are priors already
         self.lookup_confidences: list[float] = []  # of the current step's drafts, when prompt lookup made them
         self.head_drafts = 0  # drafts the head made in the current step
+        self.head_passes = 0  # head passes run for the current step (catch-up included)
+        self.head_worth = [0.0, 0.0, 0]  # running [tokens only the head's nodes gave, their cost in tokens, steps]
+        self.unworthy = 0  # consecutive tree steps after which the head was judged not worth its cost
         # Uncapped tallies per position class: [accepted, summed confidence, drafts reached] (train-eagle stores
         # their ratios with the head as its calibration prior).
         self.tally = [[0.0, 0.0, 0] for _ in range(Calibration.POSITIONS)]
@@ -215,6 +222,7 @@ class EagleProposer(Proposer):
         with torch.inference_mode():
             hidden = self.drafter.fuse_target_states(hidden)  # [1, n, H]
             features = self.drafter.features(hidden, tokens, self.committed, self.cache)  # [1, n, H]
+            self.head_passes += 1
             self.committed += tokens.shape[1]
             self.next_feature = features[:, -1:]
             self.next_logits = self.drafter.logits(self.next_feature[:, -1])
@@ -223,6 +231,8 @@ class EagleProposer(Proposer):
         self.confidences = []
         self.lookup_confidences = []
         self.head_drafts = 0
+        self.head_passes = 0
+        self.step_rate = 1.0
         tree = self.options.tree_width > 1 and self.trees
         if not self.options.adaptive:
             self._catch_up()
@@ -286,6 +296,7 @@ class EagleProposer(Proposer):
                     break
                 plan.charge(self.options.draft_cost)
             feature = drafter.features(feature, token.view(1, 1), self.committed + i, self.cache)
+            self.head_passes += 1
             logits = drafter.logits(feature[:, -1])
         if not tokens:
             return Proposal.empty(1, request.input_ids.device)
@@ -347,6 +358,7 @@ class EagleProposer(Proposer):
                                 for n in expand], 1)
             ids = torch.tensor([[tree.tokens[n] for n in expand]], device=device)
             out = drafter.tree_features(hidden, ids, self.committed + depth - 1, self.cache, sees)
+            self.head_passes += 1
             logits = drafter.logits(out[0])  # [n, V']
             pending = []
             for row, node in enumerate(expand):
@@ -358,6 +370,7 @@ class EagleProposer(Proposer):
         if not len(tree):
             return Proposal.empty(1, device)
         self.head_drafts = tree.head_nodes
+        self.step_rate = plan.expected / plan.cost
         self.tree = tree
         return Proposal(token_ids=torch.tensor([tree.tokens], device=device), parents=tuple(tree.parents))
 
@@ -463,6 +476,22 @@ class EagleProposer(Proposer):
         ids = request.input_ids[0]
         return torch.cat([ids, *(t.to(ids.device, ids.dtype).view(1) for t in drafted)])
 
+    def _weigh_head(self, gained: int, rows: int) -> None:
+        """After a tree step: tokens only the head's nodes gave against what the head cost (its passes and its
+        verify rows, in tokens at the step's planned rate). When a window of steps says the head costs more than it
+        adds (lookup alone would do better), it is backed off as if it had drafted nothing."""
+        worth = self.head_worth
+        cost = (self.head_passes * self.options.draft_cost + rows * self.verify_cost.per_token) * self.step_rate
+        decay = 1.0 - 1.0 / self.HEAD_WORTH_WINDOW
+        worth[0] = worth[0] * decay + gained
+        worth[1] = worth[1] * decay + cost
+        worth[2] += 1
+        if worth[2] >= self.HEAD_WORTH_WINDOW and worth[0] < worth[1]:
+            self.unworthy += 1
+            self.skip_left = max(self.skip_left, min(2 ** self.unworthy, self.options.max_skip))
+        else:
+            self.unworthy = 0
+
     def _observe(self, index: int, confidence: float, accepted: bool) -> None:
         """One draft at position ``index`` (0-based) was reached: calibrate, and count it for train-eagle."""
         self.calibration.observe(index, confidence, accepted)
@@ -478,6 +507,8 @@ class EagleProposer(Proposer):
             # Every node whose parent the target accepted was reached; the accepted path holds one per depth.
             path = self.tree.path_of(result.input_ids[0, -(n + 1) : -1].tolist() if n else [])
             tree = self.tree
+            if self.options.adaptive and self.lookup_window is not None:
+                self._weigh_head(sum(tree.lookup_confidences[i] is None for i in path), tree.head_nodes)
             for i, parent in enumerate(tree.parents):
                 if (parent < 0 or parent in path) and tree.depths[i] <= reached:
                     if tree.confidences[i] is not None:

@@ -136,3 +136,20 @@ def test_the_option_and_the_configs_window_reach_the_proposer(tmp_path):
     assert off.options.prompt_lookup is False and _factory(model, off, off.options).lookup_window is None
     with pytest.raises(specdecode.ConfigError, match="prompt_lookup"):
         EagleOptions(prompt_lookup="yes")
+
+
+def test_a_head_that_adds_nothing_beside_lookup_is_skipped():
+    """After HEAD_WORTH_WINDOW tree steps in which the head's own nodes gave fewer tokens than its passes and rows
+    cost, the head is skipped (lookup drafts alone), for longer each time; a head that pays is never skipped."""
+    model = tiny_llama(vocab_size=12, hidden_size=32, num_layers=2, seed=3)
+    drafter = EagleDrafter(random_head(model.config, std=0.3), model)
+    idle, useful = (EagleProposer(drafter, EagleOptions(), (1, 3)) for _ in range(2))
+    skips = []
+    for step in range(EagleProposer.HEAD_WORTH_WINDOW + 2):
+        for proposer, gained in ((idle, 0), (useful, 2)):
+            proposer.head_passes, proposer.step_rate = 2, 1.5  # a catch-up and one tree depth; 1.5 tokens/step
+            proposer._weigh_head(gained, rows=3)
+        skips.append(idle.skip_left)
+        assert useful.skip_left == 0
+    window = EagleProposer.HEAD_WORTH_WINDOW
+    assert skips[: window - 1] == [0] * (window - 1) and 0 < skips[window - 1] < skips[window] < skips[window + 1]
