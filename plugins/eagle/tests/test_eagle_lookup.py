@@ -145,7 +145,7 @@ def test_a_head_that_adds_nothing_beside_lookup_is_skipped():
     drafter = EagleDrafter(random_head(model.config, std=0.3), model)
     idle, useful = (EagleProposer(drafter, EagleOptions(), (1, 3)) for _ in range(2))
     skips = []
-    for step in range(EagleProposer.HEAD_WORTH_WINDOW + 2):
+    for _ in range(EagleProposer.HEAD_WORTH_WINDOW + 2):
         for proposer, gained in ((idle, 0), (useful, 2)):
             proposer.head_passes, proposer.step_rate = 2, 1.5  # a catch-up and one tree depth; 1.5 tokens/step
             proposer._weigh_head(gained, rows=3)
