@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import specdecode
 import torch
-from bench_eagle import CATEGORIES, held_out_prompts
+from bench_eagle import CATEGORIES, held_out_prompts, timed
 from specdecode.kernels import few_rows_linear
 from specdecode.models import load_model
 
@@ -60,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     mismatches = [0] * len(configs)
     for question, ids in prompts:
         with few_rows_linear(model):
-            start = time.perf_counter()
-            plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                   do_sample=False)
-            plain_s[question.category] += time.perf_counter() - start
+            plain, seconds = timed(lambda ids=ids: model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens, do_sample=False))
+        plain_s[question.category] += seconds
         for i, config in enumerate(configs):
-            start = time.perf_counter()
-            out = specdecode.generate(model, ids, config, max_new_tokens=args.max_new_tokens, do_sample=False)
+            out, seconds = timed(lambda ids=ids, config=config: specdecode.generate(
+                model, ids, config, max_new_tokens=args.max_new_tokens, do_sample=False))
             row = rows[i][question.category]
-            row["s"] += time.perf_counter() - start
+            row["s"] += seconds
             row["stats"] = out.stats if row["stats"] is None else row["stats"].merge(out.stats)
             mismatches[i] += int(not torch.equal(out.sequences, plain))
         print(f"  q{question.question_id} {question.category}", file=sys.stderr)

@@ -133,7 +133,7 @@ class EagleProposer(Proposer):
     # accepted ~0.45 / ~0.75 of the time after a 2 / 3-token match and a later one ~0.75-0.85; a fit to those
     # (0.05 + 0.23n) did worse than this prior on 12 held-out prompts (MAL 2.15 against 2.40), perhaps because it
     # rates the 4- and 5-token matches of the default window at 0.95.
-    LOOKUP_FIRST, LOOKUP_PER_NGRAM, LOOKUP_LATER = 0.35, 0.1, (0.8,)
+    LOOKUP_FIRST, LOOKUP_PER_NGRAM, LOOKUP_LATER = 0.35, 0.1, 0.8
     HEAD_WORTH_WINDOW = 8  # tree steps over which the head's worth beside prompt lookup is judged (a decay horizon)
 
     def __init__(self, drafter: EagleDrafter, options=None, lookup_window: tuple[int, int] | None = None):
@@ -390,7 +390,7 @@ class EagleProposer(Proposer):
     def _lookup_confidence(self, position: int, n: int) -> float:
         """The prior of lookup draft ``position`` (0-based) after a match of ``n`` tokens."""
         if position > 0:
-            return self.LOOKUP_LATER[min(position, len(self.LOOKUP_LATER)) - 1]
+            return self.LOOKUP_LATER
         return min(0.95, self.LOOKUP_FIRST + self.LOOKUP_PER_NGRAM * n)
 
     def _lookup_drafts(self, lookup: tuple[list[int], int], plan: StepPlan | None):
@@ -536,6 +536,7 @@ class EagleProposer(Proposer):
         self.cache = None
         self.next_feature = self.next_logits = None
         self.pending = []
+        self.index = None
 
 
 class Candidate(NamedTuple):
