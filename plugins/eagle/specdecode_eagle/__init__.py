@@ -60,6 +60,11 @@ class HeadOptions:
     ``prompt_lookup_max``) joins the head's drafts, as one more tree branch or, in a chain, instead of the head's
     when its first draft is the better bet; it is drafted only as far as it pays. False: the head's drafts alone
     (what measuring a head's acceptance wants).
+
+    ``head_prompt_tokens`` (default 256): the head reads only the prompt's last this many positions (null: all of
+    them). A one-layer head drafts from nearby context; running it over a long prompt (a document to summarise)
+    costs a pass over every position and makes every later head pass attend over all of them. Lossless either way:
+    only the drafts change.
     """
 
     head: str | None = attrs.field(default=None, validator=validators.path())
@@ -74,6 +79,9 @@ class HeadOptions:
     tree_width: int = attrs.field(default=2, validator=validators.integer(1))
     tree_nodes: int = attrs.field(default=8, validator=validators.integer(1))
     prompt_lookup: bool = attrs.field(default=True, validator=validators.boolean())
+    head_prompt_tokens: int | None = attrs.field(
+        default=256, validator=validators.integer(1, optional=True, meaning="(null: the whole prompt)")
+    )
 
 
 @attrs.frozen(kw_only=True)

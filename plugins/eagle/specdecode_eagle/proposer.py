@@ -18,6 +18,10 @@ distribution of x_{m+1}. A step then:
 The real-feature passes are queued and run only when a draft is wanted (``_catch_up``), so steps that skip the head
 cost nothing, and a catch-up after skipped steps is one head pass over all their positions.
 
+A long prompt enters the head's cache by its last ``head_prompt_tokens`` positions only (``uncached`` counts the
+rest; positions keep their absolute RoPE index): the head drafts from nearby context, and a document of a thousand
+tokens would otherwise cost a head pass over all of it and an attention over all of it in every later head pass.
+
 Back-off (``EagleOptions.adaptive``, on by default). Speculation has to pay for itself, so a step drafts only while
 the expected gain beats the cost:
 
@@ -152,6 +156,7 @@ class EagleProposer(Proposer):
         self.verify_cost = verify_cost(None, self.options.cost_jump, self.options.cost_per_token)
         self.cache = None
         self.committed = 0  # head positions computed from real target features (m above)
+        self.uncached = 0  # the first positions, left out of the head's cache (a long prompt's start)
         self.next_logits: torch.Tensor | None = None  # [1, V'] draft scores of x_{m+1}
         self.next_feature: torch.Tensor | None = None  # [1, 1, H] predicted f_m
         self._vocab_ids: torch.Tensor | None = None  # [V'] target id of each draft-vocabulary row
@@ -208,7 +213,13 @@ class EagleProposer(Proposer):
         self.committed = 0
         self.next_logits = self.next_feature = None
         self._reset()
-        self.pending.append((hidden, ids[:, 1:]))  # the target's states, fused at catch-up
+        tokens = ids[:, 1:]
+        window = self.options.head_prompt_tokens  # the head reads the prompt's last positions only
+        self.uncached = max(tokens.shape[1] - window, 0) if window else 0
+        if self.uncached:
+            hidden, tokens = hidden[:, self.uncached :], tokens[:, self.uncached :]
+            self.committed = self.uncached
+        self.pending.append((hidden, tokens))  # the target's states, fused at catch-up
         self.index = None if self.lookup_window is None else NgramIndex(*self.lookup_window)
 
     def _catch_up(self) -> None:
@@ -353,7 +364,7 @@ class EagleProposer(Proposer):
                 plan.charge(options.draft_cost)
             past = self.cache.get_seq_length()
             sees = torch.zeros(len(expand), past, dtype=torch.bool, device=device)
-            sees[:, : self.committed] = True
+            sees[:, : self.committed - self.uncached] = True
             for row, node in enumerate(expand):
                 sees[row, [slots[a] for a in tree.ancestors(node)]] = True
             hidden = torch.cat([features[tree.parents[n]] if tree.parents[n] >= 0 else self.next_feature
@@ -525,7 +536,7 @@ class EagleProposer(Proposer):
             self.lookup_calibration.observe(i, confidence, i < n)
         self.confidences = []
         self.lookup_confidences = []
-        crop_to(self.cache, self.committed)  # the speculative positions of the drafts
+        crop_to(self.cache, self.committed - self.uncached)  # the speculative positions of the drafts
         self.pending.append((result.hidden_states[:, : n + 1], result.input_ids[:, -(n + 1) :]))
 
     def torch_modules(self) -> list[torch.nn.Module]:
