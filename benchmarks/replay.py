@@ -17,8 +17,8 @@ on a replay does not tune on the benchmark). Printed per category: mean acceptan
 decoding on the kernel / end-to-end speedup (the prefill, measured once per prompt, added to both sides).
 
 The cost table (``--costs FILE``: read if it exists, else measured and written there) holds the median time of one
-forward over 1..16 new rows after caches of several lengths, on the few-rows kernel the loop uses, with the 4-D
-masks tree and batch verification pass for more than one row; plain decoding is charged its 1-row time at each
+forward over 1..16 new rows after caches of several lengths, as the loop runs them (the few-rows kernel, the 4-D
+masks of more than one row, grouped K/V heads read in place); plain decoding is charged its 1-row time at each
 length. Both sides pay ``--step-overhead`` ms per step for the loop's own work. What a replay leaves out: the
 loop's per-step work beyond that constant (tree masks, acceptance over more rows) and anything that differs between
 a real verify pass and the table. Greedy only.
@@ -37,6 +37,7 @@ import specdecode
 import torch
 from bench_eagle import CATEGORIES, held_out_prompts
 from specdecode import ProposeRequest, SamplingParams, StartContext, VerifyResult
+from specdecode.attention import grouped_kv_in_place
 from specdecode.generation import build_proposer
 from specdecode.kernels import few_rows_linear
 from specdecode.loop import select_hidden_states
@@ -53,9 +54,9 @@ def measure_costs(model, rounds: int) -> dict[str, list[float]]:
     for past in CONTEXTS:
         prompt = torch.randint(100, 10000, (1, past), generator=torch.Generator().manual_seed(past))
         times: dict[int, list[float]] = {n: [] for n in range(1, MAX_ROWS + 1)}
-        with torch.inference_mode(), few_rows_linear(model):
+        with torch.inference_mode(), few_rows_linear(model), grouped_kv_in_place(model):  # as the loop runs
             cache = DynamicCache(config=model.config)
-            model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
             for _ in range(rounds):
                 for n in times:
                     extra = {}
@@ -65,7 +66,7 @@ def measure_costs(model, rounds: int) -> dict[str, list[float]]:
                         extra = {"attention_mask": mask, "position_ids": torch.arange(past, past + n).unsqueeze(0)}
                     ids = torch.randint(100, 10000, (1, n))
                     start = time.perf_counter()
-                    model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True, **extra)
+                    model(input_ids=ids, cache=cache, use_cache=True, output_hidden_states=True, **extra)
                     times[n].append((time.perf_counter() - start) * 1000)
                     cache.crop(-n)
         table[str(past)] = [statistics.median(times[n]) for n in times]

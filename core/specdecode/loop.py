@@ -33,7 +33,7 @@ import attrs
 import torch
 
 from . import attention, sampling, trees
-from .attention import AttentionLayout
+from .attention import AttentionLayout, grouped_kv_in_place
 from .batching import CacheSlots, History, RightAlignedTokens
 from .cache import cache_kwarg_name, check_rollback, crop_to, keep_past, new_cache
 from .config import SpeculativeConfig
@@ -198,7 +198,9 @@ class Decoder:
     def _scope(self) -> Iterator[None]:
         # The whole loop, proposers included, runs on the few-rows linear kernels (kernels.py): a draft model or a
         # head decodes a row or a few at a time too. Prefills and other wide products keep F.linear.
-        with torch.inference_mode(), few_rows_linear(self.model, *self.proposer.torch_modules()):
+        # On a CPU, verify passes (which carry masks) read grouped K/V heads in place (attention.py).
+        with torch.inference_mode(), few_rows_linear(self.model, *self.proposer.torch_modules()), \
+                grouped_kv_in_place(self.model):
             yield
 
     # -- phases ---------------------------------------------------------------------------------------------
