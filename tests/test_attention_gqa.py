@@ -77,3 +77,15 @@ def test_accelerators_are_left_alone(monkeypatch):
     monkeypatch.delenv(FORCE_GQA_ENV, raising=False)
     with grouped_kv_in_place(SimpleNamespace(device=torch.device("cuda", 0))):
         assert FORCE_GQA_ENV not in os.environ
+
+
+def test_nested_and_overlapping_loops_keep_the_switch_until_the_last_one_leaves(monkeypatch):
+    monkeypatch.delenv(FORCE_GQA_ENV, raising=False)
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    outer = grouped_kv_in_place(cpu)
+    outer.__enter__()
+    with grouped_kv_in_place(cpu):
+        assert os.environ[FORCE_GQA_ENV] == "1"
+    assert os.environ[FORCE_GQA_ENV] == "1"  # the outer loop still runs
+    outer.__exit__(None, None, None)
+    assert FORCE_GQA_ENV not in os.environ

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,6 +132,35 @@ def causal(width: int, device: Any) -> torch.Tensor:
 FORCE_GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
+class _ProcessSwitch:
+    """An environment variable held by every running loop that wants it: the first sets it (unless the user had set
+    it: then it is theirs and stays as it is), the last one out removes it. Loops may run in several threads."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.ours = False
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.holders == 0:
+                self.ours = self.name not in os.environ
+                if self.ours:
+                    os.environ[self.name] = "1"
+            self.holders += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders == 0 and self.ours:
+                os.environ.pop(self.name, None)
+                self.ours = False
+
+
+_FORCE_GQA = _ProcessSwitch(FORCE_GQA_ENV)
+
+
 @contextlib.contextmanager
 def grouped_kv_in_place(model: Any) -> Iterator[None]:
     """While the loop runs a target on a CPU, SDPA reads grouped K/V heads in place under explicit masks.
@@ -138,17 +168,18 @@ def grouped_kv_in_place(model: Any) -> Iterator[None]:
     With a mask, transformers expands the K/V heads of grouped-query attention to one per query head
     (``repeat_kv``: a copy of the layer's whole cache), because CUDA's fused kernels do not take grouped heads with
     a mask. Every verify pass of more than one row has a mask, so on a CPU its price grew with the context: on
-    SmolLM2-135M (3 K/V heads for 9 query heads) a 6-row verify after 1024 cached tokens took 38 ms against 33 ms in
-    place, 44 against 36 after 1536. torch's CPU kernel takes ``enable_gqa`` with a mask and its outputs are
-    bit-identical, so on a CPU the loop sets transformers' switch for its own duration. The variable is process-wide:
-    a user who set it keeps their value, and on accelerators it is left alone (there it could pick a slower kernel).
+    SmolLM2-135M (3 K/V heads for 9 query heads) a 6-row verify after 1024 cached tokens took 35 ms against 29 ms in
+    place (benchmarks/verify_rows.py). torch's CPU kernel takes ``enable_gqa`` with a mask and its outputs are
+    bit-identical, so on a CPU the loop sets transformers' switch while it runs. The variable is process-wide: a
+    user who set it keeps their value, concurrent loops share it, and on accelerators it is left alone (there it
+    could pick a slower kernel).
     """
     device = getattr(model, "device", None)
-    if torch.device(device if device is not None else "cpu").type != "cpu" or FORCE_GQA_ENV in os.environ:
+    if torch.device(device if device is not None else "cpu").type != "cpu":
         yield
         return
-    os.environ[FORCE_GQA_ENV] = "1"
+    _FORCE_GQA.enter()
     try:
         yield
     finally:
-        os.environ.pop(FORCE_GQA_ENV, None)
+        _FORCE_GQA.leave()
