@@ -25,31 +25,55 @@ from specdecode.kernels import few_rows_linear
 from specdecode.models import load_model
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+", help="SpeculativeConfig as JSON, one per config to compare")
+def add_config_arguments(parser: argparse.ArgumentParser, skip: int, per_category: int) -> None:
+    """The arguments compare_methods.py and replay.py share: configs, model, prompts, K and threads."""
+    parser.add_argument("configs", nargs="+", help="SpeculativeConfig as JSON, one per config")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--per-category", type=int, default=5)
-    parser.add_argument("--skip", type=int, default=0, help="held-out prompts per category to skip first")
+    parser.add_argument("--per-category", type=int, default=per_category)
+    parser.add_argument("--skip", type=int, default=skip, help="held-out prompts per category to skip first")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=5, help="num_speculative_tokens where a config does not set it")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+
+
+def configs_and_categories(args: argparse.Namespace, tool: str):
+    """(SpeculativeConfigs, categories) from the arguments, or None after saying on stderr what is wrong."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         configs = [specdecode.SpeculativeConfig.from_dict({"num_speculative_tokens": args.k, **json.loads(c)})
                    for c in args.configs]
     except (json.JSONDecodeError, specdecode.ConfigError) as exc:
-        print(f"compare_methods: bad config: {exc}", file=sys.stderr)
-        return 2
+        print(f"{tool}: bad config: {exc}", file=sys.stderr)
+        return None
     categories = [c for c in args.categories.split(",") if c]
-    model, tokenizer = load_model(args.model)
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        print(f"{tool}: unknown categories {unknown}; allowed: {', '.join(CATEGORIES)}", file=sys.stderr)
+        return None
+    return configs, categories
+
+
+def selected_prompts(tokenizer, args: argparse.Namespace, categories: list[str]):
+    """The held-out prompts the arguments pick: ``--skip`` per category first, then ``--per-category``."""
     prompts = [p for c in categories
-               for p in held_out_prompts(tokenizer, args.skip + args.per_category, [c], None)[args.skip:]]
+               for p in held_out_prompts(tokenizer, args.skip + args.per_category, [c], None)[args.skip :]]
     print(f"{len(prompts)} held-out prompts (skipping {args.skip} per category), {args.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, skip=0, per_category=5)
+    args = parser.parse_args(argv)
+    chosen = configs_and_categories(args, "compare_methods")
+    if chosen is None:
+        return 2
+    configs, categories = chosen
+    model, tokenizer = load_model(args.model)
+    prompts = selected_prompts(tokenizer, args, categories)
 
     model.generate(prompts[0][1], max_new_tokens=4, do_sample=False)  # warm-up: lazy initialisation
     for config in configs:

@@ -33,9 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-import specdecode
 import torch
-from bench_eagle import CATEGORIES, held_out_prompts
+from compare_methods import add_config_arguments, configs_and_categories, selected_prompts
 from specdecode import ProposeRequest, SamplingParams, StartContext, VerifyResult
 from specdecode.attention import grouped_kv_in_place
 from specdecode.generation import build_proposer
@@ -164,32 +163,16 @@ def replay(model, config, prompt_len: int, seq: torch.Tensor, states, costs: Cos
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+", help="SpeculativeConfig as JSON, one per config to replay")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--per-category", type=int, default=8)
-    parser.add_argument("--skip", type=int, default=5, help="held-out prompts per category to skip first")
-    parser.add_argument("--categories", default=",".join(CATEGORIES))
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--k", type=int, default=5, help="num_speculative_tokens where a config does not set it")
+    add_config_arguments(parser, skip=5, per_category=8)
     parser.add_argument("--costs", type=Path, help="cost table JSON: read if it exists, else measured and written")
     parser.add_argument("--cost-rounds", type=int, default=15, help="rounds per row count when measuring costs")
     parser.add_argument("--step-overhead", type=float, default=0.8, help="ms of loop work per step (both sides)")
     parser.add_argument("--per-prompt", action="store_true", help="also print every prompt's decode speedup")
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        configs = [specdecode.SpeculativeConfig.from_dict({"num_speculative_tokens": args.k, **json.loads(c)})
-                   for c in args.configs]
-    except (json.JSONDecodeError, specdecode.ConfigError) as exc:
-        print(f"replay: bad config: {exc}", file=sys.stderr)
+    chosen = configs_and_categories(args, "replay")
+    if chosen is None:
         return 2
-    categories = [c for c in args.categories.split(",") if c]
-    unknown = sorted(set(categories) - set(CATEGORIES))
-    if unknown:
-        print(f"replay: unknown categories {unknown}; allowed: {', '.join(CATEGORIES)}", file=sys.stderr)
-        return 2
+    configs, categories = chosen
     model, tokenizer = load_model(args.model)
     if args.costs is not None and args.costs.exists():
         table = json.loads(args.costs.read_text())
@@ -198,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.costs is not None:
             args.costs.write_text(json.dumps(table, indent=1))
     costs = Costs(table)
-    prompts = [p for c in categories
-               for p in held_out_prompts(tokenizer, args.skip + args.per_category, [c], None)[args.skip :]]
-    print(f"{len(prompts)} held-out prompts (skipping {args.skip} per category), {args.max_new_tokens} new tokens, "
-          f"{torch.get_num_threads()} threads", file=sys.stderr)
+    prompts = selected_prompts(tokenizer, args, categories)
     results: list[dict[str, list[dict]]] = [{c: [] for c in categories} for _ in configs]
     for number, (question, ids) in enumerate(prompts, 1):
         seq, states, prefill_ms = reference(model, ids, args.max_new_tokens)
