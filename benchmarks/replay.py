@@ -42,6 +42,7 @@ from specdecode.kernels import few_rows_linear
 from specdecode.loop import select_hidden_states
 from specdecode.models import load_model
 from transformers import DynamicCache
+from verify_rows import verify_inputs
 
 CONTEXTS = (128, 512, 1024, 1536)
 MAX_ROWS = 16
@@ -58,12 +59,8 @@ def measure_costs(model, rounds: int) -> dict[str, list[float]]:
             model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
             for _ in range(rounds):
                 for n in times:
-                    extra = {}
-                    if n > 1:  # tree and batch verification pass explicit masks
-                        mask = torch.zeros(1, 1, n, past + n)
-                        mask[..., past:] = torch.triu(torch.full((n, n), float("-inf")), 1)
-                        extra = {"attention_mask": mask, "position_ids": torch.arange(past, past + n).unsqueeze(0)}
                     ids = torch.randint(100, 10000, (1, n))
+                    extra = verify_inputs(past, n)
                     start = time.perf_counter()
                     model(input_ids=ids, cache=cache, use_cache=True, output_hidden_states=True, **extra)
                     times[n].append((time.perf_counter() - start) * 1000)
